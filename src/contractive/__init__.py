@@ -1,3 +1,54 @@
-"""Contractive autoencoders and their relatives, in PyTorch."""
+"""Contractive autoencoders and their relatives, in PyTorch.
+
+The squared Frobenius norm of the encoder Jacobian, ``||J_f(x)||_F^2``, is the
+contractive penalty of Rifai et al. (ICML 2011); ``jacobian_norm_sq`` computes it
+for any encoder, in closed form where one exists.
+"""
+
+from contractive.modules import (
+    ACTIVATIONS,
+    DECODERS,
+    Autoencoder,
+    DenseDecoder,
+    DenseEncoder,
+    DenseLayer,
+    make_activation,
+)
+from contractive.objective import PRESETS, Objective
+from contractive.penalties import (
+    TiedLinear,
+    batch_jacobian,
+    corrupt,
+    higher_order_penalty,
+    jacobian_norm_sq,
+    reconstruction_jacobian_norm_sq,
+    resolve_method,
+)
+from contractive.training import DivergenceError, History, evaluate, fit, train_epoch
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "DECODERS",
+    "PRESETS",
+    "Autoencoder",
+    "DenseDecoder",
+    "DenseEncoder",
+    "DenseLayer",
+    "DivergenceError",
+    "History",
+    "Objective",
+    "TiedLinear",
+    "__version__",
+    "batch_jacobian",
+    "corrupt",
+    "evaluate",
+    "fit",
+    "higher_order_penalty",
+    "jacobian_norm_sq",
+    "make_activation",
+    "reconstruction_jacobian_norm_sq",
+    "resolve_method",
+    "train_epoch",
+]

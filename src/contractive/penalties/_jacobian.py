@@ -1,4 +1,4 @@
-"""Exact per-sample Jacobians with torch.func, the reference every closed form is tested against."""
+"""Exact per-sample Jacobians with torch.func: the reference for every closed form."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from torch.func import jacfwd, jacrev, vmap
 _MAX_ENTRIES_PER_CHUNK = 1 << 24
 
 
-def _per_sample(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+def _per_sample(
+    fn: Callable[[Tensor], Tensor],
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """Wrap a batched ``fn`` as a function of one sample returning (output, output)."""
 
     def single(sample: Tensor) -> tuple[Tensor, Tensor]:
@@ -44,7 +46,7 @@ def batch_jacobian_with_output(
     output : Tensor of shape (n_samples, *out_shape)
     """
     if x.shape[0] == 0:
-        raise ValueError("x holds no samples (shape %s)" % (tuple(x.shape),))
+        raise ValueError(f"x holds no samples (shape {tuple(x.shape)})")
     with torch.no_grad():
         out_shape = fn(x[:1]).shape[1:]
     n_in, n_out = x[0].numel(), out_shape.numel()
