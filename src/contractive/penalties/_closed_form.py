@@ -271,4 +271,5 @@ def affine_forward(parts: AffineActivation, x: Tensor) -> AffineForward:
 def closed_form_norm_sq(parts: AffineActivation, fwd: AffineForward) -> Tensor:
     """``sum_u act'(z_u)^2 ||A_u||^2`` per sample, Tensor of shape (n_samples,)."""
     rows = squared_row_norms(parts.affine, fwd.x_in)
-    return (fwd.slope.pow(2) * rows).flatten(1).sum(dim=1)
+    # (n_samples, n_units) @ (n_units,): one fused reduction, no (B, H) temporary.
+    return fwd.slope.pow(2).flatten(1) @ rows.reshape(-1)
