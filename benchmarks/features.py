@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"\nContraction sweep, k={k}, seed 0 (choice by CV accuracy only)\n\n"
             "| contraction | 3-fold CV accuracy (train) | test accuracy | "
-            "mean ||J_f(x)||_F (test) |\n|---|---|---|---|"
+            "mean ‖J_f(x)‖_F (test) |\n|---|---|---|---|"
         )
         for lam, cv, test, jac in rows:
             print(f"| {lam} | {cv:.3f} | {test:.3f} | {jac:.3f} |")
