@@ -5,6 +5,7 @@ contractive penalty of Rifai et al. (ICML 2011); ``jacobian_norm_sq`` computes i
 for any encoder, in closed form where one exists.
 """
 
+from contractive.estimator import ContractiveAutoencoder
 from contractive.modules import (
     ACTIVATIONS,
     DECODERS,
@@ -33,6 +34,7 @@ __all__ = [
     "DECODERS",
     "PRESETS",
     "Autoencoder",
+    "ContractiveAutoencoder",
     "DenseDecoder",
     "DenseEncoder",
     "DenseLayer",
