@@ -10,7 +10,8 @@ stride 1, from ``torch.func.jacfwd`` under ``vmap``); the target is a ratio of a
 least 50x. Second table: one training step (forward, loss, backward, Adam) of
 the conv CAE (closed-form penalty inside the objective) against the conv AE.
 Steps are timed in interleaved rounds (the host is shared); medians over rounds,
-warm-up rounds excluded, torch's default thread count.
+warm-up rounds excluded, torch's default thread count unless ``--threads`` is
+given (see ``deep_speed.py``).
 
     python benchmarks/conv_speed.py [--batch-size 16] [--repeats 3]
 """
@@ -36,7 +37,12 @@ def main() -> None:
     parser.add_argument("--step-batch-size", type=int, default=64)
     parser.add_argument("--step-repeats", type=int, default=20)
     parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads; 0: torch's default"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     print(
         f"28x28 input, {args.channels} channels, 5x5 kernel, padding 2, sigmoid; "
@@ -48,7 +54,7 @@ def main() -> None:
         x = torch.rand(args.batch_size, 784, generator=gen)
         closed = jacobian_norm_sq(encoder, x, method="analytic")
         exact = jacobian_norm_sq(encoder, x, method="exact")
-        err = float(((closed - exact).abs() / exact).max())
+        err = float(((closed - exact).abs() / exact).max().detach())
         times = interleaved_ms(
             {
                 "closed form": lambda e=encoder, x=x: jacobian_norm_sq(

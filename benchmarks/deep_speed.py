@@ -6,7 +6,9 @@ autoencoder (sigmoid hidden layers, linear decoder), batch 256, random data in
 with Rademacher probes and forward-mode JVPs (``jacobian_method="stochastic"``);
 the target is at most 2x the plain AE step with one probe. The steps are timed
 in interleaved rounds (the host is shared); medians over rounds, warm-up rounds
-excluded, torch's default thread count.
+excluded, torch's default thread count unless ``--threads`` is given (on a
+small host shared with other jobs, OpenMP threads that wait on busy cores can
+slow small operations by orders of magnitude; ``--threads 1`` avoids that).
 
     python benchmarks/deep_speed.py [--repeats 30] [--batch-size 256]
 """
@@ -77,7 +79,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--hidden", default="1000,500")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads; 0: torch's default"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     hidden = [int(h) for h in args.hidden.split(",")]
     x = torch.rand(args.batch_size, 784, generator=torch.Generator().manual_seed(0))
     rows = [
