@@ -146,6 +146,9 @@ def test_layer_autoencoders_rejects_other_shapes():
         layer_autoencoders(Autoencoder(model.encoder, nn.Sequential(model.decoder[0])))
     with pytest.raises(TypeError, match="nn.Sequential"):
         layer_autoencoders(Autoencoder(nn.Linear(10, 3), nn.Linear(3, 10)))
+    conv = Autoencoder.conv((1, 8, 8), 2, 3)  # Sequential, but not of layers
+    with pytest.raises(ValueError, match="no parameters"):
+        layer_autoencoders(conv)
     with pytest.raises(ValueError, match="one per layer"):
         pretrain_greedy(model, torch.rand(8, 10), [Objective()], epochs=1)
     with pytest.raises(ValueError, match="epochs"):
@@ -166,16 +169,16 @@ def _layer_norms(model: Autoencoder, x: torch.Tensor) -> list[float]:
 
 @pytest.mark.parametrize("decoder", ["linear", "tied"])
 def test_greedy_pretraining_contracts_each_layer(digits, decoder):
-    x = digits[:600]
+    x = digits[:400]
     norms = {}
     for lam in (0.0, 0.5):
         torch.manual_seed(0)
         model = Autoencoder.dense(64, [32, 16], decoder=decoder)
         before = [p.detach().clone() for p in model.parameters()]
         histories = pretrain_greedy(
-            model, x, Objective(contraction=lam), epochs=[8, 8], batch_size=32, lr=3e-3
+            model, x, Objective(contraction=lam), epochs=[6, 6], batch_size=50, lr=5e-3
         )
-        assert len(histories) == 2 and all(len(h.epochs) == 8 for h in histories)
+        assert len(histories) == 2 and all(len(h.epochs) == 6 for h in histories)
         # The deep model's own encoder and decoder parameters were trained.
         after = list(model.parameters())
         assert all(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
@@ -183,6 +186,21 @@ def test_greedy_pretraining_contracts_each_layer(digits, decoder):
         loss = histories[-1].series("reconstruction")
         assert loss[-1] < loss[0]
     assert all(c < p for c, p in zip(norms[0.5], norms[0.0], strict=True)), norms
+
+
+def test_greedy_pretraining_of_stacked_conv_layers(digits):
+    first = ConvEncoder((1, 8, 8), 4, 3, stride=2, padding=1)  # -> (4, 4, 4)
+    second = ConvEncoder(first.output_shape, 6, 3, padding=1, groups=2)
+    model = Autoencoder(
+        nn.Sequential(first, second),
+        nn.Sequential(ConvDecoder(second, "sigmoid"), ConvDecoder(first, "sigmoid")),
+    )
+    x = digits[:200]
+    histories = pretrain_greedy(
+        model, x, Objective(loss="bce", contraction=0.1), epochs=2, batch_size=50
+    )
+    assert [len(h.epochs) for h in histories] == [2, 2]
+    assert model(x).shape == x.shape
 
 
 def test_greedy_then_finetune(digits):

@@ -56,6 +56,15 @@ def layer_autoencoders(model: Autoencoder) -> list[Autoencoder]:
             "greedy pre-training pairs encoder layer k with decoder layer n - 1 - k"
         )
     n = len(encoder)
+    for k in range(n):
+        for part, module in (("encoder", encoder[k]), ("decoder", decoder[n - 1 - k])):
+            if next(module.parameters(), None) is None:
+                raise ValueError(
+                    f"{part} layer {type(module).__name__} has no parameters; greedy "
+                    "pre-training needs one trainable layer per element of the "
+                    "encoder and decoder (e.g. DenseLayer, or a one-layer "
+                    "ConvEncoder per element), not a bare activation or reshape"
+                )
     return [Autoencoder(encoder[k], decoder[n - 1 - k]) for k in range(n)]
 
 
