@@ -10,9 +10,12 @@ from contractive.modules import (
     ACTIVATIONS,
     DECODERS,
     Autoencoder,
+    ConvDecoder,
+    ConvEncoder,
     DenseDecoder,
     DenseEncoder,
     DenseLayer,
+    TiedConvTranspose,
     make_activation,
 )
 from contractive.objective import PRESETS, Objective
@@ -25,6 +28,7 @@ from contractive.penalties import (
     reconstruction_jacobian_norm_sq,
     resolve_method,
 )
+from contractive.stacking import layer_autoencoders, pretrain_greedy
 from contractive.training import DivergenceError, History, evaluate, fit, train_epoch
 
 __version__ = "0.1.0"
@@ -35,12 +39,15 @@ __all__ = [
     "PRESETS",
     "Autoencoder",
     "ContractiveAutoencoder",
+    "ConvDecoder",
+    "ConvEncoder",
     "DenseDecoder",
     "DenseEncoder",
     "DenseLayer",
     "DivergenceError",
     "History",
     "Objective",
+    "TiedConvTranspose",
     "TiedLinear",
     "__version__",
     "batch_jacobian",
@@ -49,7 +56,9 @@ __all__ = [
     "fit",
     "higher_order_penalty",
     "jacobian_norm_sq",
+    "layer_autoencoders",
     "make_activation",
+    "pretrain_greedy",
     "reconstruction_jacobian_norm_sq",
     "resolve_method",
     "train_epoch",
