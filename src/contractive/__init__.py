@@ -24,7 +24,17 @@ from contractive.penalties import (
     reconstruction_jacobian_norm_sq,
     resolve_method,
 )
-from contractive.training import DivergenceError, History, evaluate, fit, train_epoch
+from contractive.runs import LoadedModel, load
+from contractive.training import (
+    DivergenceError,
+    History,
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    evaluate,
+    fit,
+    train_epoch,
+)
 
 __version__ = "0.1.0"
 
@@ -38,8 +48,12 @@ __all__ = [
     "DenseLayer",
     "DivergenceError",
     "History",
+    "LoadedModel",
     "Objective",
     "TiedLinear",
+    "TrainConfig",
+    "Trainer",
+    "TrainingInterrupted",
     "__version__",
     "batch_jacobian",
     "corrupt",
@@ -47,6 +61,7 @@ __all__ = [
     "fit",
     "higher_order_penalty",
     "jacobian_norm_sq",
+    "load",
     "make_activation",
     "reconstruction_jacobian_norm_sq",
     "resolve_method",
