@@ -86,7 +86,7 @@ def train_epoch(
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise DivergenceError(
-                f"loss is {float(loss)} after {seen} samples of this epoch; "
+                f"loss is {float(loss.detach())} after {seen} samples of this epoch; "
                 "lower the learning rate or the penalty weights"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -365,12 +365,13 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything ``load_state_dict`` needs to continue exactly from here.
 
-        Tensors (model, optimizer, generator states, order, best weights) and plain
-        JSON-friendly values; no objects that need pickle.
+        Tensors (model, optimizer, generator states, order, best weights), copied
+        so later steps do not change them, and plain JSON-friendly values; no
+        objects that need pickle.
         """
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": _clone(self.model.state_dict()),
+            "optimizer": _clone(self.optimizer.state_dict()),
             "order_generator": self.order_generator.get_state(),
             "noise_generator": self.noise_generator.get_state(),
             "order": self.order,
@@ -593,6 +594,17 @@ class Trainer:
     def _save_checkpoint(self) -> None:
         if self.checkpoint is not None:
             self.checkpoint(self.state_dict())
+
+
+def _clone(tree: Any) -> Any:
+    """Deep copy of nested dicts/lists/tuples, cloning tensors."""
+    if isinstance(tree, Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return {k: _clone(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_clone(v) for v in tree)
+    return tree
 
 
 def _postfix(terms: dict[str, float]) -> dict[str, str]:
