@@ -174,6 +174,7 @@ def _bad(files: Path, run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["train", "--model", "vae", "--out", out], "invalid choice"),
         (["train", "--data", x6, "--out", str(f / "afile" / "sub")], "not writable"),
         (["train", "--data", x6, "--out", str(run)], "not empty"),
+        (["train", "--data", x6, "--out", str(f), "--overwrite"], "not a run folder"),
         (["train", "--hidden", "0", "--out", out], "positive integers"),
         (["train", "--hidden", "8,-2", "--out", out], "positive integers"),
         (["train", "--epochs", "0", "--out", out], "positive integer"),
@@ -303,6 +304,7 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(files, tmp_path)
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert metrics_a == metrics_b  # no epoch lost or logged twice
+    assert not list(killed.rglob("*.tmp"))
 
 
 def test_sigint_writes_checkpoint_and_exits_130(files, tmp_path):

@@ -234,6 +234,9 @@ def test_check_new_run_dir(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a run folder"):
+        runs.check_new_run_dir(tmp_path / "full", overwrite=True)  # never emptied
+    (tmp_path / "full" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="not empty"):
         runs.check_new_run_dir(tmp_path / "full")
     runs.check_new_run_dir(tmp_path / "full", overwrite=True)

@@ -104,6 +104,9 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "data", os.fspath(self.data))
+        if self.out is not None:
+            object.__setattr__(self, "out", os.fspath(self.out))
         if self.model not in PRESETS:
             raise ValueError(
                 f"unknown model preset {self.model!r}; expected one of {tuple(PRESETS)}"
@@ -513,6 +516,8 @@ def _train_with_threads(
         on_epoch_end=lambda metrics: runs.append_metrics(run_dir, metrics),
         progress=progress,
     )
+    if not fresh:
+        runs.remove_stale_temp_files(run_dir)
     if not fresh and runs.has_checkpoint(run_dir):
         trainer.load_state_dict(runs.load_checkpoint(run_dir))
         logger.info(
@@ -584,10 +589,12 @@ def model_metrics(
     rows = next(r for r in (splits.test, splits.val, splits.train) if len(r))
     n, sse, jac = 0, 0.0, 0.0
     inputs, codes = [], []
+    probe = dataset.y is not None and len(splits.test) > 0 and rows is splits.test
     for xb, hb, s, j in _encode_rows(model, dataset.x, rows, scaler, device):
         n, sse, jac = n + len(xb), sse + s, jac + j
-        inputs.append(xb)
-        codes.append(hb)
+        if probe:  # keep the rows only when the probe needs them
+            inputs.append(xb)
+            codes.append(hb)
     out: dict[str, Any] = {
         "eval_split": "test"
         if rows is splits.test
@@ -598,7 +605,7 @@ def model_metrics(
         "reconstruction_error": sse / n,
         "jacobian_norm": jac / n,
     }
-    if dataset.y is not None and len(splits.test) and rows is splits.test:
+    if probe:
         train_rows = splits.train
         if len(train_rows) > PROBE_MAX_TRAIN:
             rng = np.random.default_rng(0)

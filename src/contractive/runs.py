@@ -148,17 +148,24 @@ def _parse_safetensors(data: bytes, path: Path, what: str) -> tuple[dict, dict]:
 def check_new_run_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Check that a new run can be written to ``path`` without creating anything.
 
-    Raises ``RunError`` when ``path`` is a file, a non-empty folder (unless
-    ``overwrite``), or when its nearest existing parent is not writable.
+    Raises ``RunError`` when ``path`` is a file, a non-empty folder that is not a
+    run folder, a run folder (unless ``overwrite``: only a run folder is ever
+    emptied), or when its nearest existing parent is not writable.
     """
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise RunError(f"output path {str(path)!r} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise RunError(
-            f"output folder {str(path)!r} is not empty; pass --resume to continue "
-            "that run or --overwrite to replace it"
-        )
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / CONFIG).is_file():
+            raise RunError(
+                f"output folder {str(path)!r} is not empty and not a run folder; "
+                "choose another --out"
+            )
+        if not overwrite:
+            raise RunError(
+                f"output folder {str(path)!r} is not empty; pass --resume to "
+                "continue that run or --overwrite to replace it"
+            )
     parent = path if path.is_dir() else path.parent
     while not parent.exists():
         parent = parent.parent
@@ -431,6 +438,13 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
         if old.name != name:
             old.unlink(missing_ok=True)
     return folder / name
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Delete temporary files a killed writer left behind (before resuming)."""
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def has_checkpoint(run_dir: Path) -> bool:
