@@ -208,7 +208,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the contents of a non-empty --out folder",
+        help="replace the run already in --out (only a run folder is ever emptied)",
     )
     g.add_argument(
         "--checkpoint-every",

@@ -373,21 +373,11 @@ def train_run(options: TrainOptions, *, progress: bool | None = None) -> RunResu
         "device": str(device),
         "versions": _versions(),
     }
+    setup = _Setup(config, dataset, splits, model, objective, train_config, device)
     run_dir = runs.create_run_dir(out, overwrite=options.overwrite)
     try:
         runs.write_config(run_dir, config)
-        return _train_in(
-            run_dir,
-            config,
-            dataset,
-            splits,
-            model,
-            objective,
-            train_config,
-            device,
-            progress,
-            fresh=True,
-        )
+        return _train_in(run_dir, setup, progress, fresh=True)
     except ValueError:
         if not runs.has_checkpoint(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -437,46 +427,21 @@ def resume_run(
     if train != config["train"]:
         config["train"] = train
         runs.write_config(run_dir, config)
-    return _train_in(
-        run_dir,
-        config,
-        dataset,
-        splits,
-        model,
-        objective,
-        train_config,
-        dev,
-        progress,
-        fresh=False,
-    )
+    setup = _Setup(config, dataset, splits, model, objective, train_config, dev)
+    return _train_in(run_dir, setup, progress, fresh=False)
 
 
-def _train_in(
-    run_dir: Path,
-    config: dict[str, Any],
-    dataset: Any,
-    splits: Splits,
-    model: Autoencoder,
-    objective: Objective,
-    train_config: TrainConfig,
-    device: torch.device,
-    progress: bool | None,
-    *,
-    fresh: bool,
-) -> RunResult:
-    with _torch_threads(int(config["options"].get("threads", 1))):
-        return _train_with_threads(
-            run_dir,
-            config,
-            dataset,
-            splits,
-            model,
-            objective,
-            train_config,
-            device,
-            progress,
-            fresh=fresh,
-        )
+@dataclass
+class _Setup:
+    """What a run trains, checked and built before its folder is touched."""
+
+    config: dict[str, Any]
+    dataset: Any
+    splits: Splits
+    model: Autoencoder
+    objective: Objective
+    train_config: TrainConfig
+    device: torch.device
 
 
 @contextlib.contextmanager
@@ -490,61 +455,54 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _train_with_threads(
-    run_dir: Path,
-    config: dict[str, Any],
-    dataset: Any,
-    splits: Splits,
-    model: Autoencoder,
-    objective: Objective,
-    train_config: TrainConfig,
-    device: torch.device,
-    progress: bool | None,
-    *,
-    fresh: bool,
+def _train_in(
+    run_dir: Path, setup: _Setup, progress: bool | None, *, fresh: bool
 ) -> RunResult:
+    """Fit the scaler, train (resuming from a checkpoint unless ``fresh``), save."""
     from contractive.data import Scaler
 
-    scaler = Scaler(config["scaling"]).fit(dataset.x, splits.train)
-    model.to(device)
-    trainer = Trainer(
-        model,
-        objective,
-        train_config,
-        device=device,
-        checkpoint=lambda state: runs.save_checkpoint(run_dir, state),
-        on_epoch_end=lambda metrics: runs.append_metrics(run_dir, metrics),
-        progress=progress,
-    )
-    if not fresh:
-        runs.remove_stale_temp_files(run_dir)
-    if not fresh and runs.has_checkpoint(run_dir):
-        trainer.load_state_dict(runs.load_checkpoint(run_dir))
-        logger.info(
-            "resuming %s at epoch %d, step %d",
-            run_dir,
-            trainer.epoch + 1,
-            trainer.step_in_epoch,
+    dataset, splits, model = setup.dataset, setup.splits, setup.model
+    with _torch_threads(int(setup.config["options"].get("threads", 1))):
+        scaler = Scaler(setup.config["scaling"]).fit(dataset.x, splits.train)
+        model.to(setup.device)
+        trainer = Trainer(
+            model,
+            setup.objective,
+            setup.train_config,
+            device=setup.device,
+            checkpoint=lambda state: runs.save_checkpoint(run_dir, state),
+            on_epoch_end=lambda metrics: runs.append_metrics(run_dir, metrics),
+            progress=progress,
         )
-    runs.truncate_metrics(run_dir, trainer.epoch)
-    try:
-        history = trainer.fit(dataset.x, splits.train, splits.val, scaler=scaler)
-    except DivergenceError as err:
-        where = (
-            f"the last good checkpoint is in {run_dir / runs.CHECKPOINTS}"
-            if runs.has_checkpoint(run_dir)
-            else "no checkpoint was written"
-        )
-        raise DivergedRun(f"training diverged: {err}; {where}") from None
-    sha = runs.save_model(run_dir, model, scaler)
-    summary = {
-        "epochs_trained": trainer.epoch,
-        "stopped_early": trainer.stopped_early,
-        "best_epoch": trainer.best_epoch or None,
-        "best_val_loss": trainer.best_val,
-        **model_metrics(model, dataset, splits, scaler, device=device),
-        "files": {runs.MODEL: sha},
-    }
+        if not fresh:
+            runs.remove_stale_temp_files(run_dir)
+            if runs.has_checkpoint(run_dir):
+                trainer.load_state_dict(runs.load_checkpoint(run_dir))
+                logger.info(
+                    "resuming %s at epoch %d, step %d",
+                    run_dir,
+                    trainer.epoch + 1,
+                    trainer.step_in_epoch,
+                )
+        runs.truncate_metrics(run_dir, trainer.epoch)
+        try:
+            history = trainer.fit(dataset.x, splits.train, splits.val, scaler=scaler)
+        except DivergenceError as err:
+            where = (
+                f"the last good checkpoint is in {run_dir / runs.CHECKPOINTS}"
+                if runs.has_checkpoint(run_dir)
+                else "no checkpoint was written"
+            )
+            raise DivergedRun(f"training diverged: {err}; {where}") from None
+        sha = runs.save_model(run_dir, model, scaler)
+        summary = {
+            "epochs_trained": trainer.epoch,
+            "stopped_early": trainer.stopped_early,
+            "best_epoch": trainer.best_epoch or None,
+            "best_val_loss": trainer.best_val,
+            **model_metrics(model, dataset, splits, scaler, device=setup.device),
+            "files": {runs.MODEL: sha},
+        }
     runs.write_summary(run_dir, summary)
     return RunResult(run_dir, summary, history)
 
