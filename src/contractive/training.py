@@ -491,8 +491,8 @@ class Trainer:
             self.epoch_seen += n
             self.step_in_epoch += 1
             self.global_step += 1
-            bar.update(1)
             bar.set_postfix(_postfix(terms), refresh=False)
+            bar.update(1)
             if self.step_in_epoch == n_steps:
                 return  # the end-of-epoch checkpoint follows validation
             every = self.config.checkpoint_every
