@@ -341,3 +341,17 @@ def test_divergence_exits_1_and_keeps_last_good_checkpoint(tmp_path, capsys):
     state = runs.load_checkpoint(out)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert not (out / "model.safetensors").exists()
+
+
+def test_evaluate_refuses_changed_data(tmp_path, capsys):
+    x = np.random.default_rng(2).random((30, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "x.npy"), "--out", str(out), *FAST]
+    assert main(args) == 0
+    np.save(tmp_path / "x.npy", x + 1)
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 2
+    assert "changed since training" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    assert "changed since the run started" in capsys.readouterr().err

@@ -227,3 +227,12 @@ def test_legacy_fit_still_works():
     history = fit(model, Objective.preset("cae"), x, epochs=2, x_val=x[:10])
     assert len(history.epochs) == 2 and "val_loss" in history.epochs[0]
     assert sum(b.shape[0] for b in iterate_minibatches(x, 7)) == 120
+
+
+def test_progress_bar_shows_loss_terms(capsys):
+    trainer = Trainer(
+        _model(), Objective.preset("cae"), TrainConfig(epochs=1), progress=True
+    )
+    trainer.fit(_data(), TRAIN)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "loss=" in err and "rec=" in err and "jac=" in err
