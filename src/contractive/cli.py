@@ -22,6 +22,7 @@ from dataclasses import fields
 from contractive.experiment import (
     SCALINGS,
     DivergedRun,
+    InterruptedRun,
     TrainOptions,
     encode_file,
     evaluate_run,
@@ -32,7 +33,7 @@ from contractive.experiment import (
 from contractive.modules import ACTIVATIONS, DECODERS
 from contractive.objective import LOSSES, PRESETS
 from contractive.penalties import CORRUPTIONS
-from contractive.training import OPTIMIZERS, TrainingInterrupted
+from contractive.training import OPTIMIZERS
 
 PROG = "contractive"
 _DEFAULTS = {f.name: f.default for f in fields(TrainOptions)}
@@ -52,7 +53,11 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------ value types
 
 
-def _number(kind: Callable[[str], float], test: Callable[[float], bool], what: str):
+def _number(
+    kind: Callable[[str], float], test: Callable[[float], bool], what: str
+) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)``, finite and passing ``test``."""
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -320,8 +325,9 @@ _GLOBAL = {"verbose", "quiet", "command", "func"}
 
 def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in _GLOBAL}
-    progress = False if args.quiet else given.pop("progress", None)
-    given.pop("progress", None)
+    progress = given.pop("progress", None)
+    if args.quiet:
+        progress = False
     if given.pop("resume", False):
         extra = sorted(set(given) - _RESUME_FLAGS)
         if extra:
@@ -391,12 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, args.quiet)
     try:
         return args.func(args)
-    except TrainingInterrupted as err:
-        out = getattr(args, "out", None)
-        where = f" --out {out}" if out else " --out <run folder>"
+    except InterruptedRun as err:
         print(
             f"{PROG}: interrupted at epoch {err.epoch + 1}, step {err.step_in_epoch}; "
-            f"checkpoint written. Resume with: contractive train{where} --resume",
+            f"checkpoint written. Resume with: contractive train --out "
+            f"{err.run_dir} --resume",
             file=sys.stderr,
         )
         return 130

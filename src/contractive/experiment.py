@@ -43,6 +43,7 @@ from contractive.training import (
     History,
     TrainConfig,
     Trainer,
+    TrainingInterrupted,
 )
 
 logger = logging.getLogger(__name__)
@@ -260,6 +261,14 @@ class DivergedRun(RuntimeError):
     """Training diverged; the run folder keeps its last good checkpoint."""
 
 
+class InterruptedRun(KeyboardInterrupt):
+    """Ctrl-C stopped a run after writing a checkpoint of its current step."""
+
+    def __init__(self, run_dir: Path, epoch: int, step_in_epoch: int) -> None:
+        super().__init__(f"{run_dir}: interrupted at epoch {epoch + 1}")
+        self.run_dir, self.epoch, self.step_in_epoch = run_dir, epoch, step_in_epoch
+
+
 def _load_data(source: str, label_column: str | None, path: str | None = None) -> Any:
     from contractive.data import load_dataset
 
@@ -329,7 +338,7 @@ def train_run(options: TrainOptions, *, progress: bool | None = None) -> RunResu
         A user error (bad data, flag, or path); no run folder is left behind.
     DivergedRun
         NaN/Inf loss; the folder keeps its last good checkpoint.
-    contractive.training.TrainingInterrupted
+    InterruptedRun
         Ctrl-C; a checkpoint of the current step was written.
     """
     objective, train_config = options.objective(), options.train_config()
@@ -487,6 +496,8 @@ def _train_in(
         runs.truncate_metrics(run_dir, trainer.epoch)
         try:
             history = trainer.fit(dataset.x, splits.train, splits.val, scaler=scaler)
+        except TrainingInterrupted as err:
+            raise InterruptedRun(run_dir, err.epoch, err.step_in_epoch) from None
         except DivergenceError as err:
             where = (
                 f"the last good checkpoint is in {run_dir / runs.CHECKPOINTS}"
