@@ -484,6 +484,15 @@ class Trainer:
             [len(rows[i : i + bs]) for i in range(0, len(rows), bs)]
         )  # batch sizes, to weight the epoch sums as train_epoch does
 
+        bar = tqdm(
+            total=n_steps,
+            initial=self.step_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
         def on_step(terms: dict[str, float]) -> None:
             n = next(sizes)
             for name, value in terms.items():
@@ -496,23 +505,14 @@ class Trainer:
             if self.step_in_epoch == n_steps:
                 return  # the end-of-epoch checkpoint follows validation
             every = self.config.checkpoint_every
-            if every and self.global_step % every == 0:
+            if stop[0] or (every and self.global_step % every == 0):
                 self._save_checkpoint()
             if stop[0]:
-                self._save_checkpoint()
                 raise _StopRequested
 
         batches = (
             torch.from_numpy(b).to(self.device)
             for b in iter_batches(x, rows, bs, scaler)
-        )
-        bar = tqdm(
-            total=n_steps,
-            initial=self.step_in_epoch,
-            desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-            disable=not self.progress,
-            leave=False,
-            dynamic_ncols=True,
         )
         try:
             train_epoch(
