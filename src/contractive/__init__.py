@@ -28,8 +28,18 @@ from contractive.penalties import (
     reconstruction_jacobian_norm_sq,
     resolve_method,
 )
+from contractive.runs import LoadedModel, load
 from contractive.stacking import layer_autoencoders, pretrain_greedy
-from contractive.training import DivergenceError, History, evaluate, fit, train_epoch
+from contractive.training import (
+    DivergenceError,
+    History,
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    evaluate,
+    fit,
+    train_epoch,
+)
 
 __version__ = "0.1.0"
 
@@ -46,9 +56,13 @@ __all__ = [
     "DenseLayer",
     "DivergenceError",
     "History",
+    "LoadedModel",
     "Objective",
     "TiedConvTranspose",
     "TiedLinear",
+    "TrainConfig",
+    "Trainer",
+    "TrainingInterrupted",
     "__version__",
     "batch_jacobian",
     "corrupt",
@@ -57,6 +71,7 @@ __all__ = [
     "higher_order_penalty",
     "jacobian_norm_sq",
     "layer_autoencoders",
+    "load",
     "make_activation",
     "pretrain_greedy",
     "reconstruction_jacobian_norm_sq",

@@ -1,0 +1,720 @@
+"""Whole runs: data -> splits -> scaler -> model -> Trainer -> run folder -> metrics.
+
+What the CLI's ``train``, ``encode`` and ``evaluate`` do, as functions a script
+can call. Every user mistake is found before a run folder is created and raised
+as a ``ValueError`` with a one-line message (the CLI prints it, exit code 2).
+
+Splits and the linear probe
+---------------------------
+The rows are split once, from ``seed``: a test split (``test_fraction``) that
+training never sees, then a validation split (``validation_fraction`` of the
+rest) used for early stopping; the remaining rows train the model and fit the
+scaler. The linear probe fits a logistic regression on the codes of the
+training rows and reports its accuracy on the codes of the test rows, next to
+the same probe on the (scaled) inputs themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import logging
+import math
+import os
+import platform
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from contractive import runs
+from contractive.modules import ACTIVATIONS, DECODERS, Autoencoder
+from contractive.objective import LOSSES, PRESETS, Objective
+from contractive.penalties import CORRUPTIONS, jacobian_norm_sq
+from contractive.training import (
+    EVAL_BATCH_SIZE,
+    OPTIMIZERS,
+    DivergenceError,
+    History,
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+)
+
+logger = logging.getLogger(__name__)
+
+SCALINGS = ("none", "minmax", "standardize")
+RUN_FORMAT = "contractive.run/1"
+#: Training rows the probe's logistic regression is fitted on, at most.
+PROBE_MAX_TRAIN = 5000
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything ``contractive train`` can be told; defaults are the CLI's.
+
+    The defaults train a CAE (one layer of 64 sigmoid units, linear decoder,
+    squared error, lambda 0.1) on the built-in digits scaled to [0, 1].
+
+    Parameters
+    ----------
+    data : built-in dataset name or path (see ``contractive.data.load_dataset``)
+    model : one of ``PRESETS`` ("ae", "dae", "cae", "cae-h", "rcae")
+    hidden : tuple of int, encoder layer sizes (several: a deep encoder)
+    contraction : lambda; the weight of ``||J_f||_F^2`` (of ``||J_{g o f}||_F^2``
+        for "rcae"); None keeps the preset's
+    higher_order : gamma of CAE+H; None keeps the preset's
+    corruption, corruption_level : input corruption (None keeps the preset's)
+    threads : CPU threads torch may use while training; small dense models train
+        fastest on one (and the count is kept for a bit-identical resume)
+    out : run folder; None makes ``runs/<data>-<model>-<timestamp>``
+    overwrite : replace the contents of a non-empty ``out``
+    """
+
+    data: str = "digits"
+    label_column: str | None = None
+    model: str = "cae"
+    hidden: tuple[int, ...] = (64,)
+    activation: str = "sigmoid"
+    decoder: str = "linear"
+    loss: str = "mse"
+    contraction: float | None = None
+    higher_order: float | None = None
+    corruption: str | None = None
+    corruption_level: float | None = None
+    scaling: str = "minmax"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 3e-3
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    seed: int = 0
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.2
+    patience: int = 5
+    checkpoint_every: int = 0
+    device: str = "auto"
+    threads: int = 1
+    out: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "data", os.fspath(self.data))
+        if self.out is not None:
+            object.__setattr__(self, "out", os.fspath(self.out))
+        if self.model not in PRESETS:
+            raise ValueError(
+                f"unknown model preset {self.model!r}; expected one of {tuple(PRESETS)}"
+            )
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("decoder", self.decoder, DECODERS)
+        _choice("loss", self.loss, LOSSES)
+        _choice("scaling", self.scaling, SCALINGS)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.corruption is not None:
+            _choice("corruption", self.corruption, CORRUPTIONS)
+        if not self.hidden:
+            raise ValueError("hidden needs at least one layer size")
+        for size in self.hidden:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(
+                    f"hidden sizes must be positive integers, got {size!r}"
+                )
+        if (
+            isinstance(self.threads, bool)
+            or not isinstance(self.threads, int)
+            or (self.threads < 1)
+        ):
+            raise ValueError(
+                f"threads must be a positive integer, got {self.threads!r}"
+            )
+        for name in ("contraction", "higher_order", "corruption_level"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError("validation_fraction + test_fraction must be below 1")
+        if self.loss == "bce" and not self.decoder.endswith("sigmoid"):
+            raise ValueError(
+                "loss 'bce' needs a decoder ending in a sigmoid (sigmoid or "
+                f"tied-sigmoid), got {self.decoder!r}"
+            )
+        if self.model == "ae" and self.contraction:
+            raise ValueError(
+                "model 'ae' has no contraction; use --model cae to set lambda"
+            )
+        self.objective()  # the objective's own checks
+        self.train_config()
+
+    def objective(self) -> Objective:
+        """The ``Objective`` of the preset with this run's overrides."""
+        overrides: dict[str, Any] = {"loss": self.loss}
+        if self.contraction is not None:
+            key = (
+                "reconstruction_contraction" if self.model == "rcae" else "contraction"
+            )
+            overrides[key] = self.contraction
+        if self.higher_order is not None:
+            overrides["higher_order"] = self.higher_order
+        if self.corruption is not None:
+            overrides["corruption"] = self.corruption
+            overrides.setdefault("corruption_level", 0.25)
+        if self.corruption_level is not None:
+            overrides["corruption_level"] = self.corruption_level
+        return Objective.preset(self.model, **overrides)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            seed=self.seed,
+            patience=self.patience,
+            checkpoint_every=self.checkpoint_every,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; checks that the device exists."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) exist"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}")
+    return device
+
+
+@dataclass
+class Splits:
+    """Row indices (sorted int64 arrays) of the three splits."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "n_train": len(self.train),
+            "n_val": len(self.val),
+            "n_test": len(self.test),
+        }
+
+
+def make_splits(
+    n_samples: int, validation_fraction: float, test_fraction: float, seed: int
+) -> Splits:
+    """Test rows first, then validation rows out of the rest; seeded."""
+    from contractive.data import split_indices
+
+    rest, test = split_indices(n_samples, test_fraction, seed)
+    train_pos, val_pos = split_indices(len(rest), validation_fraction, seed + 1)
+    return Splits(rest[train_pos], rest[val_pos], test)
+
+
+@dataclass
+class RunResult:
+    """What ``train_run`` produced."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    history: History = field(default_factory=History)
+
+
+class DivergedRun(RuntimeError):
+    """Training diverged; the run folder keeps its last good checkpoint."""
+
+
+class InterruptedRun(KeyboardInterrupt):
+    """Ctrl-C stopped a run after writing a checkpoint of its current step."""
+
+    def __init__(self, run_dir: Path, epoch: int, step_in_epoch: int) -> None:
+        super().__init__(f"{run_dir}: interrupted at epoch {epoch + 1}")
+        self.run_dir, self.epoch, self.step_in_epoch = run_dir, epoch, step_in_epoch
+
+
+def _load_data(source: str, label_column: str | None, path: str | None = None) -> Any:
+    from contractive.data import load_dataset
+
+    return load_dataset(path or source, label_column=label_column)
+
+
+def _data_record(dataset: Any, options: TrainOptions) -> dict[str, Any]:
+    from contractive.data import list_builtin_datasets
+
+    builtin = options.data in list_builtin_datasets()
+    return {
+        "source": options.data,
+        "path": None if builtin else str(Path(options.data).expanduser().resolve()),
+        "name": dataset.name,
+        "checksum": dataset.checksum,
+        "n_samples": dataset.n_samples,
+        "n_features": dataset.n_features,
+        "has_labels": dataset.y is not None,
+        "image_shape": None
+        if dataset.image_shape is None
+        else list(dataset.image_shape),
+        "label_column": options.label_column,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+
+    from contractive import __version__
+
+    return {
+        "contractive": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def seeded_model(architecture: dict[str, Any], seed: int) -> Autoencoder:
+    """``Autoencoder.from_architecture`` with its initial weights drawn from ``seed``.
+
+    The global torch RNG is forked, so its state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return runs.build_model(architecture)
+
+
+def default_run_dir(data_name: str, model: str) -> Path:
+    """``runs/<data>-<model>-<YYYYmmdd-HHMMSS>``, with a suffix if taken."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{data_name}-{model}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def train_run(options: TrainOptions, *, progress: bool | None = None) -> RunResult:
+    """Train a new model as ``options`` say and write its run folder.
+
+    Raises
+    ------
+    ValueError
+        A user error (bad data, flag, or path); no run folder is left behind.
+    DivergedRun
+        NaN/Inf loss; the folder keeps its last good checkpoint.
+    InterruptedRun
+        Ctrl-C; a checkpoint of the current step was written.
+    """
+    objective, train_config = options.objective(), options.train_config()
+    device = resolve_device(options.device)
+    dataset = _load_data(options.data, options.label_column)
+    splits = make_splits(
+        dataset.n_samples,
+        options.validation_fraction,
+        options.test_fraction,
+        options.seed,
+    )
+    architecture = {
+        "type": "dense",
+        "n_features": dataset.n_features,
+        "hidden_sizes": list(options.hidden),
+        "activation": options.activation,
+        "decoder": options.decoder,
+    }
+    model = seeded_model(architecture, options.seed)
+    out = (
+        Path(options.out)
+        if options.out
+        else default_run_dir(dataset.name, options.model)
+    )
+    runs.check_new_run_dir(out, overwrite=options.overwrite)
+    config = {
+        "format": RUN_FORMAT,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "options": {**options.to_dict(), "out": str(out)},
+        "architecture": model.architecture,
+        "objective": objective.to_dict(),
+        "train": train_config.to_dict(),
+        "data": _data_record(dataset, options),
+        "scaling": options.scaling,
+        "splits": {
+            **splits.sizes(),
+            "validation_fraction": options.validation_fraction,
+            "test_fraction": options.test_fraction,
+            "seed": options.seed,
+        },
+        "device": str(device),
+        "versions": _versions(),
+    }
+    setup = _Setup(config, dataset, splits, model, objective, train_config, device)
+    run_dir = runs.create_run_dir(out, overwrite=options.overwrite)
+    try:
+        runs.write_config(run_dir, config)
+        return _train_in(run_dir, setup, progress, fresh=True)
+    except ValueError:
+        if not runs.has_checkpoint(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def resume_run(
+    out: str | os.PathLike[str],
+    *,
+    epochs: int | None = None,
+    device: str | None = None,
+    progress: bool | None = None,
+) -> RunResult:
+    """Continue the run in ``out`` from its last checkpoint, with its stored settings.
+
+    A run killed at any moment (even SIGKILL) and resumed ends with the same
+    weights as an uninterrupted run. ``epochs`` may raise the epoch budget;
+    ``device`` overrides the stored one (None keeps it).
+    """
+    run_dir = runs.check_run_dir(out)
+    config = runs.read_config(run_dir)
+    try:
+        stored = TrainOptions(
+            **{**config["options"], "hidden": tuple(config["options"]["hidden"])}
+        )
+        objective = Objective(**config["objective"])
+        train = {**config["train"]}
+        if epochs is not None:
+            train["epochs"] = epochs
+        train_config = TrainConfig(**train)
+    except (KeyError, TypeError, ValueError) as err:
+        raise runs.RunError(f"{run_dir / runs.CONFIG} is not usable: {err}") from None
+    dev = resolve_device(device or stored.device)
+    record = config["data"]
+    dataset = _load_data(
+        record["source"], record.get("label_column"), record.get("path")
+    )
+    if dataset.checksum != record["checksum"]:
+        raise ValueError(
+            f"data {record['source']!r} changed since the run started "
+            "(checksum mismatch); cannot resume"
+        )
+    splits = make_splits(
+        dataset.n_samples, stored.validation_fraction, stored.test_fraction, stored.seed
+    )
+    model = seeded_model(config["architecture"], stored.seed)
+    if train != config["train"]:
+        config["train"] = train
+        runs.write_config(run_dir, config)
+    setup = _Setup(config, dataset, splits, model, objective, train_config, dev)
+    return _train_in(run_dir, setup, progress, fresh=False)
+
+
+@dataclass
+class _Setup:
+    """What a run trains, checked and built before its folder is touched."""
+
+    config: dict[str, Any]
+    dataset: Any
+    splits: Splits
+    model: Autoencoder
+    objective: Objective
+    train_config: TrainConfig
+    device: torch.device
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Use ``n`` intra-op CPU threads inside the block, then restore the count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_in(
+    run_dir: Path, setup: _Setup, progress: bool | None, *, fresh: bool
+) -> RunResult:
+    """Fit the scaler, train (resuming from a checkpoint unless ``fresh``), save."""
+    from contractive.data import Scaler
+
+    dataset, splits, model = setup.dataset, setup.splits, setup.model
+    with _torch_threads(int(setup.config["options"].get("threads", 1))):
+        scaler = Scaler(setup.config["scaling"]).fit(dataset.x, splits.train)
+        model.to(setup.device)
+        trainer = Trainer(
+            model,
+            setup.objective,
+            setup.train_config,
+            device=setup.device,
+            checkpoint=lambda state: runs.save_checkpoint(run_dir, state),
+            on_epoch_end=lambda metrics: runs.append_metrics(run_dir, metrics),
+            progress=progress,
+        )
+        if not fresh:
+            runs.remove_stale_temp_files(run_dir)
+            if runs.has_checkpoint(run_dir):
+                trainer.load_state_dict(runs.load_checkpoint(run_dir))
+                logger.info(
+                    "resuming %s at epoch %d, step %d",
+                    run_dir,
+                    trainer.epoch + 1,
+                    trainer.step_in_epoch,
+                )
+        runs.truncate_metrics(run_dir, trainer.epoch)
+        try:
+            history = trainer.fit(dataset.x, splits.train, splits.val, scaler=scaler)
+        except TrainingInterrupted as err:
+            raise InterruptedRun(run_dir, err.epoch, err.step_in_epoch) from None
+        except DivergenceError as err:
+            where = (
+                f"the last good checkpoint is in {run_dir / runs.CHECKPOINTS}"
+                if runs.has_checkpoint(run_dir)
+                else "no checkpoint was written"
+            )
+            raise DivergedRun(f"training diverged: {err}; {where}") from None
+        sha = runs.save_model(run_dir, model, scaler)
+        summary = {
+            "epochs_trained": trainer.epoch,
+            "stopped_early": trainer.stopped_early,
+            "best_epoch": trainer.best_epoch or None,
+            "best_val_loss": trainer.best_val,
+            **model_metrics(model, dataset, splits, scaler, device=setup.device),
+            "files": {runs.MODEL: sha},
+        }
+    runs.write_summary(run_dir, summary)
+    return RunResult(run_dir, summary, history)
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def _encode_rows(
+    model: Autoencoder, x: Any, rows: np.ndarray, scaler: Any, device: torch.device
+) -> Iterator[tuple[np.ndarray, np.ndarray, float, float]]:
+    """Per batch: scaled inputs, codes, sum of squared errors, sum of ||J||_F."""
+    from contractive.data import iter_batches
+
+    model.eval()
+    for batch in iter_batches(x, rows, EVAL_BATCH_SIZE, scaler):
+        xb = torch.from_numpy(batch).to(device)
+        norms = jacobian_norm_sq(model.encoder, xb).detach().clamp_min(0).sqrt()
+        with torch.no_grad():
+            h = model.encode(xb)
+            sq = (model.decode(h) - xb).pow(2).flatten(1).sum(1)
+        yield batch, h.flatten(1).cpu().numpy(), float(sq.sum()), float(norms.sum())
+
+
+def model_metrics(
+    model: Autoencoder,
+    dataset: Any,
+    splits: Splits,
+    scaler: Any,
+    *,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Reconstruction error, mean ``||J_f(x)||_F`` and the linear probe.
+
+    Measured on the test rows (the validation rows if there are none, else the
+    training rows). ``reconstruction_error`` is the squared error summed over
+    (scaled) features, averaged over samples. The probe (only with labels and test
+    rows) fits ``LogisticRegression`` on standardized codes of up to
+    ``PROBE_MAX_TRAIN`` training rows and scores it on the test rows; the same for
+    the scaled inputs.
+    """
+    device = torch.device(device)
+    rows = next(r for r in (splits.test, splits.val, splits.train) if len(r))
+    n, sse, jac = 0, 0.0, 0.0
+    inputs, codes = [], []
+    probe = dataset.y is not None and len(splits.test) > 0 and rows is splits.test
+    for xb, hb, s, j in _encode_rows(model, dataset.x, rows, scaler, device):
+        n, sse, jac = n + len(xb), sse + s, jac + j
+        if probe:  # keep the rows only when the probe needs them
+            inputs.append(xb)
+            codes.append(hb)
+    out: dict[str, Any] = {
+        "eval_split": "test"
+        if rows is splits.test
+        else "val"
+        if rows is splits.val
+        else "train",
+        "n_eval": n,
+        "reconstruction_error": sse / n,
+        "jacobian_norm": jac / n,
+    }
+    if probe:
+        train_rows = splits.train
+        if len(train_rows) > PROBE_MAX_TRAIN:
+            rng = np.random.default_rng(0)
+            train_rows = np.sort(rng.choice(train_rows, PROBE_MAX_TRAIN, replace=False))
+        tr_in, tr_codes = [], []
+        for xb, hb, _, _ in _encode_rows(model, dataset.x, train_rows, scaler, device):
+            tr_in.append(xb)
+            tr_codes.append(hb)
+        y_train, y_test = dataset.y[train_rows], dataset.y[rows]
+        out["probe_accuracy_codes"] = linear_probe(
+            np.concatenate(tr_codes), y_train, np.concatenate(codes), y_test
+        )
+        out["probe_accuracy_inputs"] = linear_probe(
+            np.concatenate(tr_in), y_train, np.concatenate(inputs), y_test
+        )
+    return out
+
+
+def linear_probe(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> float | None:
+    """Test accuracy of a standardized logistic regression; None with one class."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(y_train)) < 2:
+        return None
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(x_train, y_train)
+    return float(probe.score(x_test, y_test))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short table of a run's (or an evaluation's) final metrics."""
+    rows = [
+        ("reconstruction error (sum sq., per sample)", summary["reconstruction_error"]),
+        ("mean ||J_f(x)||_F", summary["jacobian_norm"]),
+    ]
+    if summary.get("probe_accuracy_codes") is not None:
+        rows.append(("linear probe accuracy, codes", summary["probe_accuracy_codes"]))
+        rows.append(("linear probe accuracy, inputs", summary["probe_accuracy_inputs"]))
+    width = max(len(r[0]) for r in rows)
+    split = summary.get("eval_split", "test")
+    lines = [f"{'metric (' + split + ' split)':<{width}}  value", "-" * (width + 10)]
+    lines += [f"{name:<{width}}  {value:.4f}" for name, value in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ encode / evaluate
+
+
+def encode_file(
+    run_dir: str | os.PathLike[str],
+    source: str,
+    output: str | os.PathLike[str],
+    *,
+    label_column: str | None = None,
+    device: str = "cpu",
+) -> tuple[int, int]:
+    """Write the codes of ``source``'s rows to ``output`` (.npy or .csv).
+
+    Returns (n_samples, n_components). Everything is checked before writing;
+    the output is written atomically.
+    """
+    output = Path(output).expanduser()
+    if output.suffix.lower() not in (".npy", ".csv"):
+        raise ValueError(f"output {str(output)!r} must end in .npy or .csv")
+    if output.is_dir():
+        raise ValueError(f"output {str(output)!r} is a folder")
+    if not output.parent.is_dir():
+        raise ValueError(f"output folder {str(output.parent)!r} does not exist")
+    if not os.access(output.parent, os.W_OK):
+        raise ValueError(f"output folder {str(output.parent)!r} is not writable")
+    loaded = runs.load(run_dir, device=str(resolve_device(device)))
+    dataset = _load_data(source, label_column)
+    codes = loaded.encode(dataset.x)
+    if output.suffix.lower() == ".npy":
+        import io
+
+        buffer = io.BytesIO()
+        np.save(buffer, codes, allow_pickle=False)
+        runs.atomic_write_bytes(output, buffer.getvalue())
+    else:
+        lines = [",".join(f"h{i}" for i in range(codes.shape[1]))]
+        lines += [",".join(f"{v:.9g}" for v in row) for row in codes]
+        runs.atomic_write_bytes(output, ("\n".join(lines) + "\n").encode())
+    return codes.shape
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    source: str | None = None,
+    *,
+    label_column: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Metrics of a trained run, as ``model_metrics`` computes them.
+
+    Without ``source``: the run's own data (checked against its checksum) and its
+    held-out test split. With ``source``: all its rows; with labels, the probe is
+    fitted on a seeded 80/20 split of that data.
+    """
+    dev = resolve_device(device)
+    loaded = runs.load(run_dir, device=str(dev))
+    config = loaded.config
+    record = config["data"]
+    if source is None:
+        dataset = _load_data(
+            record["source"], record.get("label_column"), record.get("path")
+        )
+        if dataset.checksum != record["checksum"]:
+            raise ValueError(
+                f"data {record['source']!r} changed since training (checksum "
+                "mismatch); pass --data to evaluate on it anyway"
+            )
+        opts = config["options"]
+        splits = make_splits(
+            dataset.n_samples,
+            opts["validation_fraction"],
+            opts["test_fraction"],
+            opts["seed"],
+        )
+        data_name = record["source"]
+    else:
+        from contractive.data import validate_features
+
+        dataset = _load_data(source, label_column)
+        validate_features(dataset.x, expected_n_features=loaded.n_features, name=source)
+        if dataset.y is not None and dataset.n_samples >= 10:
+            splits = make_splits(dataset.n_samples, 0.0, 0.2, 0)
+        else:
+            everything = np.arange(dataset.n_samples)
+            splits = Splits(everything, everything[:0], everything)
+            dataset.y = None
+        data_name = source
+    metrics = model_metrics(loaded.model, dataset, splits, loaded.scaler, device=dev)
+    return {"run": str(loaded.run_dir), "data": data_name, **metrics}
