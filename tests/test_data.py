@@ -525,3 +525,24 @@ def test_iter_batches_returns_rows_in_index_order(memmapped: np.memmap) -> None:
     np.testing.assert_array_equal(from_shards, memmapped[indices])
     with pytest.raises(ValueError, match="batch_size"):
         next(iter_batches(memmapped, indices, 0))
+
+
+def test_global_minmax_uses_one_range_for_all_features():
+    x = np.array([[0.0, 10.0, 5.0], [0.0, 20.0, 5.0], [0.0, 255.0, 5.0]])
+    scaler = Scaler("global-minmax").fit(x, np.array([0, 1]))  # fitted on rows 0-1
+    out = scaler.transform(x)
+    np.testing.assert_allclose(
+        out[:, 1], np.array([10.0, 20.0, 255.0]) / 20.0, rtol=1e-6
+    )
+    assert np.all(out[:, 0] == 0.0)  # constant in training and elsewhere: stays 0
+    restored = Scaler.from_state_dict("global-minmax", scaler.state_dict())
+    np.testing.assert_array_equal(restored.transform(x), out)
+
+
+def test_auto_scaling_is_global_for_images():
+    from contractive.experiment import resolve_scaling
+
+    assert resolve_scaling("auto", load_dataset("digits")) == "global-minmax"
+    plain = data.Dataset(np.ones((3, 2), np.float32), None, "t", "t", "0")
+    assert resolve_scaling("auto", plain) == "minmax"
+    assert resolve_scaling("standardize", plain) == "standardize"

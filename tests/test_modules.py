@@ -69,3 +69,13 @@ def test_bad_arguments_are_named():
         Autoencoder.dense(0, 3)
     with pytest.raises(ValueError, match="'mystery'"):
         Autoencoder.from_architecture({"type": "mystery"})
+
+
+def test_slices_of_encoder_and_decoder_are_plain_sequentials():
+    model = Autoencoder.dense(10, [6, 3], decoder="tied")
+    x = torch.randn(2, 10)
+    first = model.encoder[:1]
+    assert type(first) is nn.Sequential
+    assert torch.equal(first(x), model.encoder[0](x))
+    assert torch.equal(model.encoder[1:](first(x)), model.encode(x))
+    assert len(model.decoder[:1]) == 1

@@ -285,17 +285,20 @@ def validate_features(
 class Scaler:
     """Per-feature affine scaling ``(x - offset_) / scale_``, fitted by streaming.
 
-    Kinds: ``"none"`` (offset 0, scale 1); ``"minmax"`` (offset min, scale
-    max - min: training rows map to [0, 1], as a sigmoid decoder with BCE needs);
-    ``"standardize"`` (offset mean, scale population standard deviation).
-    Constant features get scale 1, so they map to 0.
+    Kinds: ``"none"`` (offset 0, scale 1); ``"minmax"`` (per feature: offset
+    min, scale max - min: training rows map to [0, 1], as a sigmoid decoder with
+    BCE needs); ``"global-minmax"`` (one min and one range for all features, e.g.
+    pixels / 255: keeps the relative scale of features, and a pixel that is
+    constant in training cannot blow up elsewhere); ``"standardize"`` (offset
+    mean, scale population standard deviation). Constant features get scale 1,
+    so they map to 0.
 
     Parameters
     ----------
     kind : one of ``Scaler.KINDS``
     """
 
-    KINDS = ("none", "minmax", "standardize")
+    KINDS = ("none", "minmax", "global-minmax", "standardize")
 
     def __init__(self, kind: str = "none") -> None:
         if kind not in self.KINDS:
@@ -344,6 +347,9 @@ class Scaler:
                 high = np.maximum(high, chunk.max(axis=0))
             if self.kind == "minmax":
                 offset, scale = low, high - low
+            elif self.kind == "global-minmax":
+                offset = np.full(d, low.min())
+                scale = np.full(d, high.max() - low.min())
             else:
                 offset, scale = mean, np.sqrt(m2 / count)
             # constant features (up to rounding in the streamed variance): scale 1

@@ -33,6 +33,14 @@ import numpy as np
 import torch
 
 from contractive import runs
+from contractive.data import (
+    Dataset,
+    Scaler,
+    iter_batches,
+    list_builtin_datasets,
+    load_dataset,
+    split_indices,
+)
 from contractive.modules import ACTIVATIONS, DECODERS, Autoencoder
 from contractive.objective import LOSSES, PRESETS, Objective
 from contractive.penalties import CORRUPTIONS, jacobian_norm_sq
@@ -48,10 +56,19 @@ from contractive.training import (
 
 logger = logging.getLogger(__name__)
 
-SCALINGS = ("none", "minmax", "standardize")
+#: "auto" is "global-minmax" for images (pixels keep their relative scale), else
+#: "minmax" (each feature to [0, 1] on the training rows).
+SCALINGS = ("auto", "none", "minmax", "global-minmax", "standardize")
 RUN_FORMAT = "contractive.run/1"
 #: Training rows the probe's logistic regression is fitted on, at most.
 PROBE_MAX_TRAIN = 5000
+
+
+def resolve_scaling(scaling: str, dataset: Dataset) -> str:
+    """The scaler kind "auto" stands for on ``dataset``; others pass through."""
+    if scaling != "auto":
+        return scaling
+    return "global-minmax" if dataset.image_shape is not None else "minmax"
 
 
 @dataclass(frozen=True)
@@ -87,7 +104,7 @@ class TrainOptions:
     higher_order: float | None = None
     corruption: str | None = None
     corruption_level: float | None = None
-    scaling: str = "minmax"
+    scaling: str = "auto"
     epochs: int = 30
     batch_size: int = 32
     lr: float = 3e-3
@@ -241,7 +258,6 @@ def make_splits(
     n_samples: int, validation_fraction: float, test_fraction: float, seed: int
 ) -> Splits:
     """Test rows first, then validation rows out of the rest; seeded."""
-    from contractive.data import split_indices
 
     rest, test = split_indices(n_samples, test_fraction, seed)
     train_pos, val_pos = split_indices(len(rest), validation_fraction, seed + 1)
@@ -270,13 +286,11 @@ class InterruptedRun(KeyboardInterrupt):
 
 
 def _load_data(source: str, label_column: str | None, path: str | None = None) -> Any:
-    from contractive.data import load_dataset
 
     return load_dataset(path or source, label_column=label_column)
 
 
 def _data_record(dataset: Any, options: TrainOptions) -> dict[str, Any]:
-    from contractive.data import list_builtin_datasets
 
     builtin = options.data in list_builtin_datasets()
     return {
@@ -372,7 +386,7 @@ def train_run(options: TrainOptions, *, progress: bool | None = None) -> RunResu
         "objective": objective.to_dict(),
         "train": train_config.to_dict(),
         "data": _data_record(dataset, options),
-        "scaling": options.scaling,
+        "scaling": resolve_scaling(options.scaling, dataset),
         "splits": {
             **splits.sizes(),
             "validation_fraction": options.validation_fraction,
@@ -468,7 +482,6 @@ def _train_in(
     run_dir: Path, setup: _Setup, progress: bool | None, *, fresh: bool
 ) -> RunResult:
     """Fit the scaler, train (resuming from a checkpoint unless ``fresh``), save."""
-    from contractive.data import Scaler
 
     dataset, splits, model = setup.dataset, setup.splits, setup.model
     with _torch_threads(int(setup.config["options"].get("threads", 1))):
@@ -525,7 +538,6 @@ def _encode_rows(
     model: Autoencoder, x: Any, rows: np.ndarray, scaler: Any, device: torch.device
 ) -> Iterator[tuple[np.ndarray, np.ndarray, float, float]]:
     """Per batch: scaled inputs, codes, sum of squared errors, sum of ||J||_F."""
-    from contractive.data import iter_batches
 
     model.eval()
     for batch in iter_batches(x, rows, EVAL_BATCH_SIZE, scaler):

@@ -49,7 +49,21 @@ def make_activation(name: str) -> nn.Module:
     return factories[name]()
 
 
-class DenseLayer(nn.Sequential):
+class _Chain(nn.Sequential):
+    """``nn.Sequential`` whose slices are plain ``nn.Sequential``.
+
+    torch rebuilds a slice as ``type(self)(OrderedDict)``, which subclasses with
+    their own constructor cannot take; ``encoder[:k]`` (the first k layers) must
+    work for users reading intermediate codes.
+    """
+
+    def __getitem__(self, idx: int | slice) -> nn.Module:
+        if isinstance(idx, slice):
+            return nn.Sequential(*list(self)[idx])
+        return super().__getitem__(idx)
+
+
+class DenseLayer(_Chain):
     """``h = act(W x + b)``: an ``nn.Linear`` followed by an elementwise activation.
 
     Its contractive penalty has the closed form
@@ -86,7 +100,7 @@ class DenseLayer(nn.Sequential):
         return self[1]
 
 
-class DenseEncoder(nn.Sequential):
+class DenseEncoder(_Chain):
     """A stack of ``DenseLayer``; one layer is the classic CAE encoder.
 
     Shape
@@ -114,7 +128,7 @@ class DenseEncoder(nn.Sequential):
         )
 
 
-class DenseDecoder(nn.Sequential):
+class DenseDecoder(_Chain):
     """Mirror of a ``DenseEncoder``: hidden dense layers, then the output layer.
 
     ``kind`` sets the output layer: "linear" (``r = V h + c``), "sigmoid"
@@ -439,7 +453,7 @@ def _transpose_padding(
     return tuple(p), out_pad
 
 
-class ConvEncoder(nn.Sequential):
+class ConvEncoder(_Chain):
     """``h = act(conv(x))``: one convolution followed by an elementwise activation.
 
     Flat input of shape (n_samples, prod(input_shape)) is unflattened to
@@ -627,7 +641,7 @@ class TiedConvTranspose(nn.Module):
         )
 
 
-class ConvDecoder(nn.Sequential):
+class ConvDecoder(_Chain):
     """Mirror of a ``ConvEncoder``: one transposed convolution back to the input.
 
     Same kernel, stride, padding, dilation and groups as the encoder, with
