@@ -5,7 +5,7 @@ autoencoder on a batch of 256 (random inputs in [0, 1]), on the CPU. Timings of
 the AE and the closed-form CAE are interleaved so that load changes on a shared
 machine hit both alike; medians are reported.
 
-    python benchmarks/step_speed.py [--repeats 30] [--exact-repeats 3]
+    python benchmarks/step_speed.py [--repeats 30] [--exact-repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -41,7 +41,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--exact-repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     x = torch.rand(args.batch_size, 784, generator=torch.Generator().manual_seed(0))
     steps = {
