@@ -63,10 +63,10 @@ class ContractiveAutoencoder(
 ):
     """Contractive autoencoder (CAE) and its family as a scikit-learn transformer.
 
-    A one-hidden-layer autoencoder ``r = g(f(x))`` with encoder
-    ``f(x) = activation(W x + b)`` (``n_components`` units) is trained with Adam
-    on the mean over mini-batches of the per-sample objective (Rifai et al.,
-    ICML 2011)::
+    An autoencoder ``r = g(f(x))`` with encoder ``f(x) = activation(W x + b)``
+    (``n_components`` units; by default one hidden layer) is trained with Adam on
+    the mean over mini-batches of the per-sample objective (Rifai et al., ICML
+    2011)::
 
         L(x) = sum_i loss(g(f(x~))_i, x_i) + penalty terms
 
@@ -85,6 +85,16 @@ class ContractiveAutoencoder(
     ================  =====================================================
 
     ``transform`` returns the codes ``f(x)``, the learned features.
+
+    Deep (stacked) CAE: ``hidden_layer_sizes`` adds dense layers before the code
+    layer, and the penalty is on the Jacobian of the whole encoder, computed as
+    ``jacobian_method`` says ("auto": exact when min(n_features, n_components)
+    <= 16, else the unbiased stochastic estimate with ``n_probes`` probes).
+    ``pretrain_epochs > 0`` first trains the layers greedily, each as a one-layer
+    CAE on the codes of the layers below with its own closed-form penalty
+    (stacked CAE), then ``fit`` fine-tunes end to end. Convolutional CAE:
+    ``input_shape`` makes the encoder one convolution with ``n_components``
+    channels over flat images.
     ``ContractiveAutoencoder.from_preset`` builds the named families ("ae",
     "dae", "cae", "cae-h", "rcae") with the library's preset weights.
 
@@ -95,7 +105,28 @@ class ContractiveAutoencoder(
     Parameters
     ----------
     n_components : int, default=256
-        Number of hidden units: the size of the code ``f(x)``.
+        Number of hidden units: the size of the code ``f(x)``. With
+        ``input_shape``, the number of channels of the convolution (the code
+        then has ``n_components * prod(spatial output)`` features).
+    hidden_layer_sizes : array-like of int or None, default=None
+        Sizes of the dense layers before the code layer: the encoder's layers
+        are ``[*hidden_layer_sizes, n_components]``, all with ``activation``,
+        and the decoder mirrors them. None (or empty) is the one-layer CAE.
+    input_shape : array-like of int or None, default=None
+        ``(channels, *spatial)`` of the images whose flattened pixels (channels
+        first, as ``x.reshape(n, -1)``) are the ``prod(input_shape)`` columns of
+        ``X``, e.g. ``(1, 28, 28)`` for MNIST. Set, the encoder is one
+        convolution (``Conv1d/2d/3d`` by the number of spatial dims) with
+        ``n_components`` channels + ``activation`` (closed-form penalty), the
+        decoder the mirrored transposed convolution
+        (``contractive.Autoencoder.conv``); it excludes ``hidden_layer_sizes``.
+    kernel_size : int or array-like of int, default=5
+        Convolution kernel size (one per spatial dim); used with ``input_shape``.
+    stride : int or array-like of int, default=1
+        Convolution stride; used with ``input_shape``.
+    padding : int, array-like of int, "same" or "valid", default=0
+        Zero padding of the convolution ("same" needs stride 1); used with
+        ``input_shape``.
     activation : str, default="sigmoid"
         Elementwise activation of the hidden layer, one of
         ``contractive.ACTIVATIONS``.
@@ -124,12 +155,35 @@ class ContractiveAutoencoder(
         Reconstruction loss per feature, summed over features. "log_loss" is the
         binary cross-entropy: it needs ``X`` in [0, 1] and a decoder ending in a
         sigmoid ("sigmoid" or "tied-sigmoid").
+    jacobian_method : {"auto", "analytic", "exact", "stochastic"}, \
+            default="auto"
+        How the penalties get ``||J||_F^2`` during training. "auto": the closed
+        form for a one-layer (dense or conv) encoder, else "exact"
+        (``torch.func``, per-sample Jacobians) when min(input size, code size)
+        <= 16, else "stochastic". "stochastic": ``E_v ||J v||^2`` with
+        Rademacher probes ``v``, one forward-mode JVP per probe; unbiased, and so
+        is its gradient. "analytic" needs a one-layer encoder.
+    n_probes : int, default=1
+        Probes per sample of the stochastic estimate (variance ~ 1 / n_probes).
     batch_size : int, default=64
         Mini-batch size (clipped to the number of samples).
     learning_rate : float, default=1e-3
         Step size of the Adam optimiser.
     max_iter : int, default=200
-        Maximum number of epochs of ``fit``. ``partial_fit`` runs one epoch.
+        Maximum number of epochs of ``fit`` (end to end, after any
+        pre-training). ``partial_fit`` runs one epoch.
+    pretrain_epochs : int, default=0
+        Epochs of greedy layer-wise pre-training per encoder layer at the start
+        of ``fit`` (``contractive.pretrain_greedy``), when the encoder has
+        several layers (``hidden_layer_sizes``); 0 skips it, and it is ignored
+        for a one-layer encoder (where it would be ordinary training). Layer
+        ``k`` is a one-layer autoencoder on the codes of layers ``< k`` (its
+        decoder the mirrored decoder layer), trained with the same objective,
+        ``batch_size`` and ``learning_rate`` and its own Adam; its penalty is
+        its own closed form. With ``loss="log_loss"``, layers above the first
+        keep the cross-entropy only for ``activation="sigmoid"`` (codes in
+        (0, 1)) and use the squared error otherwise. ``partial_fit`` never
+        pre-trains: it is end to end only.
     tol : float, default=1e-4
         Training stops when the training loss (or, with ``early_stopping``, the
         validation score) has not improved by at least ``tol`` for
@@ -159,7 +213,10 @@ class ContractiveAutoencoder(
     optimizer_ : torch.optim.Adam
     device_ : torch.device
     loss_curve_ : list of float
-        Mean training objective of each epoch.
+        Mean training objective of each (end-to-end) epoch.
+    pretrain_loss_curves_ : list of list of float
+        Per encoder layer, the mean objective of each pre-training epoch
+        (empty when ``fit`` did not pre-train).
     validation_scores_ : list of float or None
         ``score`` on the held-out data after each epoch (``early_stopping``).
     best_loss_ : float or None
@@ -183,8 +240,9 @@ class ContractiveAutoencoder(
     Notes
     -----
     Pickling stores the weights and the optimiser state as numpy arrays plus the
-    architecture; an unpickled estimator lives on the CPU (``device_`` is
-    "cpu") whatever device it was trained on.
+    architecture (``module_.architecture``: dense of any depth, or conv); an
+    unpickled estimator lives on the CPU (``device_`` is "cpu") whatever device
+    it was trained on.
 
     References
     ----------
@@ -692,9 +750,16 @@ class ContractiveAutoencoder(
     def jacobian_norm(self, X: Any) -> np.ndarray:
         """Frobenius norm of the encoder Jacobian, ``||J_f(x)||_F``, per sample.
 
-        ``J_f(x) = d f(x) / d x`` has shape (n_components, n_features); the norm
-        is computed in closed form (exactly, with ``torch.func``, for encoders
-        without one). Smaller means a more contractive mapping around ``x``.
+        ``J_f(x) = d f(x) / d x`` has shape (code size, n_features); the norm is
+        always exact, whatever ``jacobian_method`` training used: in closed form
+        for a one-layer dense or conv encoder (about one forward pass), else with
+        ``torch.func`` per-sample Jacobians (deep encoders), which costs about
+        min(n_features, code size) encoder passes per sample and forms
+        (code size x n_features) floats per sample, in bounded chunks. For a
+        cheaper estimate on a large deep encoder, use
+        ``contractive.jacobian_norm_sq(est.module_.encoder, x,
+        method="stochastic", n_probes=...)``. Smaller means a more contractive
+        mapping around ``x``.
 
         Parameters
         ----------
