@@ -108,10 +108,11 @@ class ContractiveAutoencoder(
         Number of hidden units: the size of the code ``f(x)``. With
         ``input_shape``, the number of channels of the convolution (the code
         then has ``n_components * prod(spatial output)`` features).
-    hidden_layer_sizes : array-like of int or None, default=None
+    hidden_layer_sizes : int, array-like of int or None, default=None
         Sizes of the dense layers before the code layer: the encoder's layers
         are ``[*hidden_layer_sizes, n_components]``, all with ``activation``,
-        and the decoder mirrors them. None (or empty) is the one-layer CAE.
+        and the decoder mirrors them. None (or empty) is the one-layer CAE; an
+        int is one hidden layer.
     input_shape : array-like of int or None, default=None
         ``(channels, *spatial)`` of the images whose flattened pixels (channels
         first, as ``x.reshape(n, -1)``) are the ``prod(input_shape)`` columns of
@@ -264,7 +265,11 @@ class ContractiveAutoencoder(
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
-        "hidden_layer_sizes": ["array-like", None],
+        "hidden_layer_sizes": [
+            "array-like",
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
         "input_shape": ["array-like", None],
         "kernel_size": [Interval(Integral, 1, None, closed="left"), "array-like"],
         "stride": [Interval(Integral, 1, None, closed="left"), "array-like"],
@@ -512,9 +517,12 @@ class ContractiveAutoencoder(
 
     def _layer_sizes(self) -> list[int]:
         """The encoder's layer sizes, ``[*hidden_layer_sizes, n_components]``."""
-        hidden = (
-            [] if self.hidden_layer_sizes is None else list(self.hidden_layer_sizes)
-        )
+        hidden = self.hidden_layer_sizes
+        if hidden is None:
+            hidden = []
+        elif isinstance(hidden, Integral):
+            hidden = [hidden]
+        hidden = list(hidden)
         if not all(
             isinstance(h, Integral) and not isinstance(h, bool) and h >= 1
             for h in hidden
