@@ -23,7 +23,13 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from contractive import PRESETS, ContractiveAutoencoder, Objective
+from contractive import (
+    PRESETS,
+    ContractiveAutoencoder,
+    Objective,
+    jacobian_norm_sq,
+    layer_autoencoders,
+)
 
 # Small, fast configurations for scikit-learn's own checks: the default CAE, each
 # other family, a tied decoder with masking noise, and early stopping.
@@ -35,10 +41,21 @@ CHECKED = [
     ContractiveAutoencoder.from_preset("rcae", **_FAST),
     ContractiveAutoencoder(decoder="tied", corruption="masking", **_FAST),
     ContractiveAutoencoder(early_stopping=True, n_iter_no_change=2, **_FAST),
+    # Deep: the whole-encoder penalty (exact, as min(n_features, 8) <= 16), and
+    # greedy pre-training with the stochastic end-to-end estimate.
+    ContractiveAutoencoder(hidden_layer_sizes=(8,), **_FAST),
+    ContractiveAutoencoder(
+        hidden_layer_sizes=(8,),
+        pretrain_epochs=1,
+        jacobian_method="stochastic",
+        n_probes=2,
+        **_FAST,
+    ),
 ]
 # Not checked: loss="log_loss", which rejects X outside [0, 1] by design while the
 # checks draw X from wider ranges (scikit-learn has no tag for bounded input);
-# it is tested on scaled digits below.
+# it is tested on scaled digits below. Nor input_shape (conv), which by design
+# accepts only prod(input_shape) features while the checks vary n_features.
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -303,6 +320,14 @@ def test_set_output_pandas(small) -> None:
         ({"decoder": "deep"}, "The 'decoder' parameter"),
         ({"loss": "mse"}, "The 'loss' parameter"),
         ({"validation_fraction": 1.0}, "The 'validation_fraction' parameter"),
+        ({"hidden_layer_sizes": "8"}, "The 'hidden_layer_sizes' parameter"),
+        ({"hidden_layer_sizes": 0}, "The 'hidden_layer_sizes' parameter"),
+        ({"pretrain_epochs": -1}, "The 'pretrain_epochs' parameter"),
+        ({"jacobian_method": "hutchinson"}, "The 'jacobian_method' parameter"),
+        ({"n_probes": 0}, "The 'n_probes' parameter"),
+        ({"input_shape": 64}, "The 'input_shape' parameter"),
+        ({"kernel_size": 0}, "The 'kernel_size' parameter"),
+        ({"padding": "full"}, "The 'padding' parameter"),
     ],
 )
 def test_invalid_parameters_raise_sklearn_errors(small, params, message) -> None:
@@ -322,6 +347,20 @@ def test_inconsistent_parameters_raise_value_errors(small) -> None:
         ContractiveAutoencoder(corruption="masking", corruption_level=1.5).fit(small)
     with pytest.raises(ValueError, match="device"):
         ContractiveAutoencoder(device="not-a-device").fit(small)
+    with pytest.raises(ValueError, match="sequence of positive integers"):
+        ContractiveAutoencoder(hidden_layer_sizes=(8, 0)).fit(small)
+    with pytest.raises(ValueError, match="'analytic' needs a one-layer encoder"):
+        ContractiveAutoencoder(hidden_layer_sizes=(8,), jacobian_method="analytic").fit(
+            small
+        )
+    with pytest.raises(ValueError, match=r"input_shape=\(1, 9, 9\) needs 81"):
+        ContractiveAutoencoder(input_shape=(1, 9, 9)).fit(small)
+    with pytest.raises(ValueError, match="takes no hidden_layer_sizes"):
+        ContractiveAutoencoder(input_shape=(1, 8, 8), hidden_layer_sizes=(4,)).fit(
+            small
+        )
+    with pytest.raises(ValueError, match="does not fit input_shape"):
+        ContractiveAutoencoder(input_shape=(1, 8, 8), kernel_size=9).fit(small)
 
 
 def test_sparse_input_is_rejected_with_sklearn_message(small) -> None:
@@ -397,3 +436,193 @@ def test_cuda_fit_returns_numpy_and_unpickles_on_cpu(small) -> None:
     restored = pickle.loads(pickle.dumps(est))
     assert restored.device_ == torch.device("cpu")
     np.testing.assert_allclose(restored.transform(small), codes, atol=1e-5)
+
+
+# ------------------------------------------------------- deep, stacked and conv
+
+
+def test_deep_encoder_layers_and_exact_jacobian_norm(small) -> None:
+    est = _fit(small, hidden_layer_sizes=(12, 10), n_components=6, activation="tanh")
+    assert [layer.linear.out_features for layer in est.module_.encoder] == [12, 10, 6]
+    assert est.module_.architecture["hidden_sizes"] == [12, 10, 6]
+    assert est.transform(small).shape == (small.shape[0], 6)
+    assert est.inverse_transform(est.transform(small[:3])).shape == (3, 64)
+    assert len(est.get_feature_names_out()) == 6
+    x = torch.tensor(small[:20], dtype=torch.float64)
+    encoder = est.module_.encoder.double()
+    jac = torch.func.vmap(torch.func.jacrev(encoder))(x)  # (20, 6, 64)
+    expected = jac.pow(2).sum(dim=(1, 2)).sqrt().detach().numpy()
+    est.module_.float()
+    np.testing.assert_allclose(est.jacobian_norm(small[:20]), expected, rtol=1e-5)
+    # An int is one hidden layer, as in MLPRegressor.
+    assert _fit(small, hidden_layer_sizes=5, max_iter=1).module_.architecture[
+        "hidden_sizes"
+    ] == [5, 16]
+
+
+def test_jacobian_method_and_n_probes_reach_the_objective(small) -> None:
+    est = _fit(
+        small, hidden_layer_sizes=(24,), jacobian_method="stochastic", n_probes=3
+    )
+    assert est.objective_ == Objective(
+        contraction=0.1, jacobian_method="stochastic", n_probes=3
+    )
+    assert ContractiveAutoencoder().get_params()["jacobian_method"] == "auto"
+    # Defaults keep the one-layer estimator's objective exactly.
+    assert _fit(small, max_iter=1).objective_ == Objective(contraction=0.1)
+
+
+def test_deep_contraction_shrinks_the_whole_encoder_jacobian(small) -> None:
+    """Default "auto" is stochastic here (min(64, 24) > 16)."""
+    params = {
+        "hidden_layer_sizes": (32,),
+        "n_components": 24,
+        "activation": "tanh",
+        "max_iter": 10,
+    }
+    plain = _fit(small, contraction=0.0, **params)
+    contracted = _fit(small, contraction=1.0, **params)
+    assert (
+        contracted.jacobian_norm(small).mean() < 0.7 * plain.jacobian_norm(small).mean()
+    )
+
+
+def _layer_jacobian_norms(est: ContractiveAutoencoder, X: np.ndarray) -> list[float]:
+    """Mean ||J||_F of each encoder layer on the codes of the layers below."""
+    x = torch.tensor(X, dtype=torch.float32)
+    norms = []
+    with torch.no_grad():
+        for layer in layer_autoencoders(est.module_):
+            norms.append(jacobian_norm_sq(layer.encoder, x).sqrt().mean().item())
+            x = layer.encoder(x)
+    return norms
+
+
+def test_pretraining_contracts_each_layer_and_is_deterministic(small) -> None:
+    params = {
+        "hidden_layer_sizes": (24,),
+        "n_components": 12,
+        "pretrain_epochs": 8,
+        "max_iter": 1,
+        "random_state": 5,
+    }
+    plain = _fit(small, contraction=0.0, **params)
+    contracted = _fit(small, contraction=1.0, **params)
+    assert [len(c) for c in contracted.pretrain_loss_curves_] == [8, 8]
+    for curve in contracted.pretrain_loss_curves_:
+        assert curve[-1] < curve[0]
+    for c, p in zip(
+        _layer_jacobian_norms(contracted, small),
+        _layer_jacobian_norms(plain, small),
+        strict=True,
+    ):
+        assert c < 0.9 * p  # measured: 0.83 (layer 1), 0.74 (layer 2)
+    again = _fit(small, contraction=1.0, **params)
+    assert again.pretrain_loss_curves_ == contracted.pretrain_loss_curves_
+    np.testing.assert_array_equal(again.transform(small), contracted.transform(small))
+    unpretrained = _fit(small, contraction=1.0, **{**params, "pretrain_epochs": 0})
+    assert unpretrained.pretrain_loss_curves_ == []
+    assert not np.allclose(unpretrained.transform(small), contracted.transform(small))
+
+
+def test_pretraining_skipped_for_one_layer_and_in_partial_fit(small) -> None:
+    one = _fit(small, pretrain_epochs=3, max_iter=2)
+    base = _fit(small, max_iter=2)
+    assert one.pretrain_loss_curves_ == []
+    np.testing.assert_array_equal(one.transform(small), base.transform(small))
+    deep = {"hidden_layer_sizes": (8,), "n_components": 4, "random_state": 0}
+    stepped = ContractiveAutoencoder(pretrain_epochs=3, **deep).partial_fit(small)
+    plain = ContractiveAutoencoder(**deep).partial_fit(small)
+    assert stepped.pretrain_loss_curves_ == []
+    np.testing.assert_array_equal(stepped.transform(small), plain.transform(small))
+
+
+def test_pretraining_log_loss_uses_squared_error_above_non_sigmoid_units(small) -> None:
+    est = _fit(
+        small,
+        hidden_layer_sizes=(16,),
+        n_components=8,
+        activation="relu",
+        loss="log_loss",
+        decoder="sigmoid",
+        pretrain_epochs=1,
+        max_iter=1,
+    )
+    assert len(est.pretrain_loss_curves_) == 2
+    assert np.isfinite(est.pretrain_loss_curves_[1]).all()
+
+
+def test_deep_random_state_reproducible(small) -> None:
+    params = {
+        "hidden_layer_sizes": (24,),
+        "n_components": 20,  # "auto" -> stochastic probes
+        "corruption": "gaussian",
+        "pretrain_epochs": 1,
+        "max_iter": 2,
+    }
+    a = _fit(small, random_state=3, **params)
+    b = _fit(small, random_state=3, **params)
+    c = _fit(small, random_state=4, **params)
+    assert a.loss_curve_ == b.loss_curve_
+    np.testing.assert_array_equal(a.transform(small), b.transform(small))
+    assert not np.allclose(a.transform(small), c.transform(small))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"hidden_layer_sizes": (16, 12), "decoder": "tied", "pretrain_epochs": 1},
+        {"input_shape": (1, 8, 8), "n_components": 3, "kernel_size": 3, "stride": 2},
+    ],
+    ids=["deep-tied", "conv"],
+)
+def test_pickle_round_trip_deep_and_conv(small, params) -> None:
+    est = _fit(small, max_iter=2, **params)
+    restored = pickle.loads(pickle.dumps(est))
+    assert restored.module_.architecture == est.module_.architecture
+    np.testing.assert_array_equal(restored.transform(small), est.transform(small))
+    np.testing.assert_array_equal(
+        restored.jacobian_norm(small[:10]), est.jacobian_norm(small[:10])
+    )
+    codes = est.transform(small[:5])
+    np.testing.assert_array_equal(
+        restored.inverse_transform(codes), est.inverse_transform(codes)
+    )
+    assert restored.pretrain_loss_curves_ == est.pretrain_loss_curves_
+    est.partial_fit(small)
+    restored.partial_fit(small)
+    np.testing.assert_array_equal(restored.transform(small), est.transform(small))
+
+
+def test_conv_encoder_on_digit_images(small) -> None:
+    est = _fit(small, input_shape=(1, 8, 8), n_components=4, kernel_size=3, padding=1)
+    assert est.module_.architecture["type"] == "conv"
+    codes = est.transform(small)
+    assert codes.shape == (small.shape[0], 4 * 8 * 8)  # channels x 8 x 8
+    assert len(est.get_feature_names_out()) == 4 * 8 * 8
+    assert est.inverse_transform(codes).shape == small.shape
+    # The closed form that jacobian_norm uses equals torch.func's exact Jacobian.
+    x = torch.tensor(small[:5], dtype=torch.float64)
+    encoder = est.module_.encoder.double()
+    with torch.no_grad():
+        expected = jacobian_norm_sq(encoder, x, method="exact").sqrt().numpy()
+    est.module_.float()
+    np.testing.assert_allclose(est.jacobian_norm(small[:5]), expected, rtol=1e-5)
+
+
+def test_conv_on_mnist_shaped_input() -> None:
+    X = np.random.default_rng(0).random((32, 784))
+    est = _fit(
+        X,
+        input_shape=(1, 28, 28),
+        n_components=8,
+        kernel_size=5,
+        stride=2,
+        padding=2,
+        decoder="sigmoid",
+        loss="log_loss",
+        max_iter=2,
+    )
+    assert est.transform(X).shape == (32, 8 * 14 * 14)
+    assert est.jacobian_norm(X[:4]).shape == (4,)
+    assert est.inverse_transform(est.transform(X[:2])).shape == (2, 784)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from numbers import Integral, Real
 from typing import Any
 
@@ -36,7 +37,13 @@ from torch import Tensor
 
 from contractive.modules import ACTIVATIONS, DECODERS, Autoencoder
 from contractive.objective import PRESETS, Objective
-from contractive.penalties import CORRUPTIONS, as_affine_activation, jacobian_norm_sq
+from contractive.penalties import (
+    CORRUPTIONS,
+    METHODS,
+    as_affine_activation,
+    jacobian_norm_sq,
+)
+from contractive.stacking import pretrain_greedy
 from contractive.training import evaluate, iterate_minibatches, train_epoch
 
 #: Values of ``penalty``: which Jacobian ``contraction`` weighs (None: no penalty).
@@ -56,10 +63,10 @@ class ContractiveAutoencoder(
 ):
     """Contractive autoencoder (CAE) and its family as a scikit-learn transformer.
 
-    A one-hidden-layer autoencoder ``r = g(f(x))`` with encoder
-    ``f(x) = activation(W x + b)`` (``n_components`` units) is trained with Adam
-    on the mean over mini-batches of the per-sample objective (Rifai et al.,
-    ICML 2011)::
+    An autoencoder ``r = g(f(x))`` with encoder ``f(x) = activation(W x + b)``
+    (``n_components`` units; by default one hidden layer) is trained with Adam on
+    the mean over mini-batches of the per-sample objective (Rifai et al., ICML
+    2011)::
 
         L(x) = sum_i loss(g(f(x~))_i, x_i) + penalty terms
 
@@ -78,6 +85,16 @@ class ContractiveAutoencoder(
     ================  =====================================================
 
     ``transform`` returns the codes ``f(x)``, the learned features.
+
+    Deep (stacked) CAE: ``hidden_layer_sizes`` adds dense layers before the code
+    layer, and the penalty is on the Jacobian of the whole encoder, computed as
+    ``jacobian_method`` says ("auto": exact when min(n_features, n_components)
+    <= 16, else the unbiased stochastic estimate with ``n_probes`` probes).
+    ``pretrain_epochs > 0`` first trains the layers greedily, each as a one-layer
+    CAE on the codes of the layers below with its own closed-form penalty
+    (stacked CAE), then ``fit`` fine-tunes end to end. Convolutional CAE:
+    ``input_shape`` makes the encoder one convolution with ``n_components``
+    channels over flat images.
     ``ContractiveAutoencoder.from_preset`` builds the named families ("ae",
     "dae", "cae", "cae-h", "rcae") with the library's preset weights.
 
@@ -88,7 +105,29 @@ class ContractiveAutoencoder(
     Parameters
     ----------
     n_components : int, default=256
-        Number of hidden units: the size of the code ``f(x)``.
+        Number of hidden units: the size of the code ``f(x)``. With
+        ``input_shape``, the number of channels of the convolution (the code
+        then has ``n_components * prod(spatial output)`` features).
+    hidden_layer_sizes : int, array-like of int or None, default=None
+        Sizes of the dense layers before the code layer: the encoder's layers
+        are ``[*hidden_layer_sizes, n_components]``, all with ``activation``,
+        and the decoder mirrors them. None (or empty) is the one-layer CAE; an
+        int is one hidden layer.
+    input_shape : array-like of int or None, default=None
+        ``(channels, *spatial)`` of the images whose flattened pixels (channels
+        first, as ``x.reshape(n, -1)``) are the ``prod(input_shape)`` columns of
+        ``X``, e.g. ``(1, 28, 28)`` for MNIST. Set, the encoder is one
+        convolution (``Conv1d/2d/3d`` by the number of spatial dims) with
+        ``n_components`` channels + ``activation`` (closed-form penalty), the
+        decoder the mirrored transposed convolution
+        (``contractive.Autoencoder.conv``); it excludes ``hidden_layer_sizes``.
+    kernel_size : int or array-like of int, default=5
+        Convolution kernel size (one per spatial dim); used with ``input_shape``.
+    stride : int or array-like of int, default=1
+        Convolution stride; used with ``input_shape``.
+    padding : int, array-like of int, "same" or "valid", default=0
+        Zero padding of the convolution ("same" needs stride 1); used with
+        ``input_shape``.
     activation : str, default="sigmoid"
         Elementwise activation of the hidden layer, one of
         ``contractive.ACTIVATIONS``.
@@ -117,12 +156,35 @@ class ContractiveAutoencoder(
         Reconstruction loss per feature, summed over features. "log_loss" is the
         binary cross-entropy: it needs ``X`` in [0, 1] and a decoder ending in a
         sigmoid ("sigmoid" or "tied-sigmoid").
+    jacobian_method : {"auto", "analytic", "exact", "stochastic"}, \
+            default="auto"
+        How the penalties get ``||J||_F^2`` during training. "auto": the closed
+        form for a one-layer (dense or conv) encoder, else "exact"
+        (``torch.func``, per-sample Jacobians) when min(input size, code size)
+        <= 16, else "stochastic". "stochastic": ``E_v ||J v||^2`` with
+        Rademacher probes ``v``, one forward-mode JVP per probe; unbiased, and so
+        is its gradient. "analytic" needs a one-layer encoder.
+    n_probes : int, default=1
+        Probes per sample of the stochastic estimate (variance ~ 1 / n_probes).
     batch_size : int, default=64
         Mini-batch size (clipped to the number of samples).
     learning_rate : float, default=1e-3
         Step size of the Adam optimiser.
     max_iter : int, default=200
-        Maximum number of epochs of ``fit``. ``partial_fit`` runs one epoch.
+        Maximum number of epochs of ``fit`` (end to end, after any
+        pre-training). ``partial_fit`` runs one epoch.
+    pretrain_epochs : int, default=0
+        Epochs of greedy layer-wise pre-training per encoder layer at the start
+        of ``fit`` (``contractive.pretrain_greedy``), when the encoder has
+        several layers (``hidden_layer_sizes``); 0 skips it, and it is ignored
+        for a one-layer encoder (where it would be ordinary training). Layer
+        ``k`` is a one-layer autoencoder on the codes of layers ``< k`` (its
+        decoder the mirrored decoder layer), trained with the same objective,
+        ``batch_size`` and ``learning_rate`` and its own Adam; its penalty is
+        its own closed form. With ``loss="log_loss"``, layers above the first
+        keep the cross-entropy only for ``activation="sigmoid"`` (codes in
+        (0, 1)) and use the squared error otherwise. ``partial_fit`` never
+        pre-trains: it is end to end only.
     tol : float, default=1e-4
         Training stops when the training loss (or, with ``early_stopping``, the
         validation score) has not improved by at least ``tol`` for
@@ -152,7 +214,10 @@ class ContractiveAutoencoder(
     optimizer_ : torch.optim.Adam
     device_ : torch.device
     loss_curve_ : list of float
-        Mean training objective of each epoch.
+        Mean training objective of each (end-to-end) epoch.
+    pretrain_loss_curves_ : list of list of float
+        Per encoder layer, the mean objective of each pre-training epoch
+        (empty when ``fit`` did not pre-train).
     validation_scores_ : list of float or None
         ``score`` on the held-out data after each epoch (``early_stopping``).
     best_loss_ : float or None
@@ -176,8 +241,9 @@ class ContractiveAutoencoder(
     Notes
     -----
     Pickling stores the weights and the optimiser state as numpy arrays plus the
-    architecture; an unpickled estimator lives on the CPU (``device_`` is
-    "cpu") whatever device it was trained on.
+    architecture (``module_.architecture``: dense of any depth, or conv); an
+    unpickled estimator lives on the CPU (``device_`` is "cpu") whatever device
+    it was trained on.
 
     References
     ----------
@@ -199,6 +265,19 @@ class ContractiveAutoencoder(
 
     _parameter_constraints: dict = {
         "n_components": [Interval(Integral, 1, None, closed="left")],
+        "hidden_layer_sizes": [
+            "array-like",
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
+        "input_shape": ["array-like", None],
+        "kernel_size": [Interval(Integral, 1, None, closed="left"), "array-like"],
+        "stride": [Interval(Integral, 1, None, closed="left"), "array-like"],
+        "padding": [
+            Interval(Integral, 0, None, closed="left"),
+            StrOptions({"same", "valid"}),
+            "array-like",
+        ],
         "activation": [StrOptions(set(ACTIVATIONS))],
         "decoder": [StrOptions(set(DECODERS))],
         "penalty": [StrOptions(set(PENALTIES)), None],
@@ -208,9 +287,12 @@ class ContractiveAutoencoder(
         "corruption": [StrOptions(set(CORRUPTIONS)), None],
         "corruption_level": [Interval(Real, 0, None, closed="neither")],
         "loss": [StrOptions(set(_LOSSES))],
+        "jacobian_method": [StrOptions(set(METHODS))],
+        "n_probes": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "pretrain_epochs": [Interval(Integral, 0, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean"],
@@ -224,6 +306,11 @@ class ContractiveAutoencoder(
         self,
         n_components: int = 256,
         *,
+        hidden_layer_sizes: tuple[int, ...] | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        kernel_size: int | tuple[int, ...] = 5,
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] | str = 0,
         activation: str = "sigmoid",
         decoder: str = "linear",
         penalty: str | None = "contractive",
@@ -233,9 +320,12 @@ class ContractiveAutoencoder(
         corruption: str | None = None,
         corruption_level: float = 0.25,
         loss: str = "squared_error",
+        jacobian_method: str = "auto",
+        n_probes: int = 1,
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         max_iter: int = 200,
+        pretrain_epochs: int = 0,
         tol: float = 1e-4,
         n_iter_no_change: int = 10,
         early_stopping: bool = False,
@@ -245,6 +335,11 @@ class ContractiveAutoencoder(
         verbose: int = 0,
     ) -> None:
         self.n_components = n_components
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.input_shape = input_shape
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
         self.activation = activation
         self.decoder = decoder
         self.penalty = penalty
@@ -254,9 +349,12 @@ class ContractiveAutoencoder(
         self.corruption = corruption
         self.corruption_level = corruption_level
         self.loss = loss
+        self.jacobian_method = jacobian_method
+        self.n_probes = n_probes
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.max_iter = max_iter
+        self.pretrain_epochs = pretrain_epochs
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.early_stopping = early_stopping
@@ -330,6 +428,8 @@ class ContractiveAutoencoder(
             )
         x = self._to_tensor(X)
         x_val = None if X_val is None else self._to_tensor(X_val)
+        if self.pretrain_epochs > 0 and len(self._layer_sizes()) > 1:
+            self._pretrain(x)
         best_state: dict[str, Tensor] | None = None
         for _ in range(self.max_iter):
             self._run_epoch(x)
@@ -410,8 +510,50 @@ class ContractiveAutoencoder(
             corruption_level=(
                 float(self.corruption_level) if self.corruption is not None else 0.0
             ),
+            jacobian_method=self.jacobian_method,
+            n_probes=int(self.n_probes),
             **weights,
         )
+
+    def _layer_sizes(self) -> list[int]:
+        """The encoder's layer sizes, ``[*hidden_layer_sizes, n_components]``."""
+        hidden = self.hidden_layer_sizes
+        if hidden is None:
+            hidden = []
+        elif isinstance(hidden, Integral):
+            hidden = [hidden]
+        hidden = list(hidden)
+        if not all(
+            isinstance(h, Integral) and not isinstance(h, bool) and h >= 1
+            for h in hidden
+        ):
+            raise ValueError(
+                "hidden_layer_sizes must be a sequence of positive integers, got "
+                f"{self.hidden_layer_sizes!r}"
+            )
+        return [*(int(h) for h in hidden), int(self.n_components)]
+
+    def _check_conv(self, sizes: list[int], n_features: int) -> None:
+        """A convolutional encoder is one layer over flat images of input_shape."""
+        if len(sizes) > 1:
+            raise ValueError(
+                "input_shape (a convolutional encoder) takes no hidden_layer_sizes, "
+                f"got hidden_layer_sizes={self.hidden_layer_sizes!r}"
+            )
+        shape = list(self.input_shape)
+        if not all(
+            isinstance(s, Integral) and not isinstance(s, bool) and s >= 1
+            for s in shape
+        ):
+            raise ValueError(
+                "input_shape must be a sequence of positive integers (channels, "
+                f"*spatial), got {self.input_shape!r}"
+            )
+        if int(np.prod(shape)) != n_features:
+            raise ValueError(
+                f"X has {n_features} features, but input_shape={self.input_shape!r} "
+                f"needs {int(np.prod(shape))} (flat images, channels first)"
+            )
 
     def _check_range(self, X: np.ndarray) -> None:
         """The binary cross-entropy is unbounded below for targets outside [0, 1]."""
@@ -423,7 +565,16 @@ class ContractiveAutoencoder(
 
     def _initialize(self, X: np.ndarray) -> None:
         """Build the model, objective and optimiser; reset the learned state."""
+        sizes = self._layer_sizes()
+        if self.input_shape is not None:
+            self._check_conv(sizes, X.shape[1])
         self.objective_ = self._build_objective()
+        if self.jacobian_method == "analytic" and len(sizes) > 1:
+            raise ValueError(
+                "jacobian_method='analytic' needs a one-layer encoder (a closed "
+                f"form), got hidden_layer_sizes={self.hidden_layer_sizes!r}; use "
+                "'auto', 'exact' or 'stochastic'"
+            )
         self._check_range(X)
         self._rng = check_random_state(self.random_state)
         self.device_ = _resolve_device(self.device)
@@ -431,12 +582,27 @@ class ContractiveAutoencoder(
         # Initialise on the CPU from our own seed, then restore the global state.
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
-            module = Autoencoder.dense(
-                X.shape[1],
-                int(self.n_components),
-                activation=self.activation,
-                decoder=self.decoder,
-            )
+            if self.input_shape is None:
+                module = Autoencoder.dense(
+                    X.shape[1],
+                    sizes,
+                    activation=self.activation,
+                    decoder=self.decoder,
+                )
+            else:
+                module = Autoencoder.conv(
+                    tuple(int(s) for s in self.input_shape),
+                    int(self.n_components),
+                    _int_or_ints(self.kernel_size),
+                    stride=_int_or_ints(self.stride),
+                    padding=(
+                        self.padding
+                        if isinstance(self.padding, str)
+                        else _int_or_ints(self.padding)
+                    ),
+                    activation=self.activation,
+                    decoder=self.decoder,
+                )
         self.module_ = module.to(self.device_)
         self.optimizer_ = torch.optim.Adam(
             self.module_.parameters(), lr=float(self.learning_rate)
@@ -444,6 +610,7 @@ class ContractiveAutoencoder(
         self.n_iter_ = 0
         self.t_ = 0
         self.loss_curve_: list[float] = []
+        self.pretrain_loss_curves_: list[list[float]] = []
         self._no_improvement_count = 0
         if self.early_stopping:
             self.validation_scores_: list[float] | None = []
@@ -453,6 +620,36 @@ class ContractiveAutoencoder(
             self.validation_scores_ = None
             self.best_validation_score_ = None
             self.best_loss_ = np.inf
+
+    def _pretrain(self, x: Tensor) -> None:
+        """Greedy layer-wise pre-training (stacked CAE) of ``module_`` on ``x``.
+
+        Layer ``k`` is trained as a one-layer autoencoder on the codes of the
+        layers below it for ``pretrain_epochs`` epochs (``stacking.pretrain_greedy``,
+        its own Adam with ``learning_rate``), under the estimator's objective,
+        whose penalty is then the layer's own closed form. Layers above the first
+        reconstruct codes through a hidden decoder layer with ``activation``: with
+        ``loss="log_loss"`` they keep the cross-entropy only for sigmoid units
+        (codes in (0, 1)) and use the squared error otherwise.
+        """
+        first = self.objective_
+        upper = first
+        if first.loss == "bce" and self.activation != "sigmoid":
+            upper = replace(first, loss="mse")
+        n_layers = len(self.module_.encoder)
+        histories = pretrain_greedy(
+            self.module_,
+            x,
+            [first, *([upper] * (n_layers - 1))],
+            epochs=int(self.pretrain_epochs),
+            batch_size=int(self.batch_size),
+            lr=float(self.learning_rate),
+            seed=int(self._rng.randint(_SEED_MAX - n_layers)),
+        )
+        self.pretrain_loss_curves_ = [h.series("loss") for h in histories]
+        if self.verbose:
+            for k, curve in enumerate(self.pretrain_loss_curves_, start=1):
+                print(f"Pre-training layer {k}/{n_layers}, loss = {curve[-1]:.8f}")
 
     def _run_epoch(self, x: Tensor) -> float:
         """One epoch of ``train_epoch`` over ``x``: the only training path.
@@ -561,9 +758,16 @@ class ContractiveAutoencoder(
     def jacobian_norm(self, X: Any) -> np.ndarray:
         """Frobenius norm of the encoder Jacobian, ``||J_f(x)||_F``, per sample.
 
-        ``J_f(x) = d f(x) / d x`` has shape (n_components, n_features); the norm
-        is computed in closed form (exactly, with ``torch.func``, for encoders
-        without one). Smaller means a more contractive mapping around ``x``.
+        ``J_f(x) = d f(x) / d x`` has shape (code size, n_features); the norm is
+        always exact, whatever ``jacobian_method`` training used: in closed form
+        for a one-layer dense or conv encoder (about one forward pass), else with
+        ``torch.func`` per-sample Jacobians (deep encoders), which costs about
+        min(n_features, code size) encoder passes per sample and forms
+        (code size x n_features) floats per sample, in bounded chunks. For a
+        cheaper estimate on a large deep encoder, use
+        ``contractive.jacobian_norm_sq(est.module_.encoder, x,
+        method="stochastic", n_probes=...)``. Smaller means a more contractive
+        mapping around ``x``.
 
         Parameters
         ----------
@@ -608,6 +812,8 @@ class ContractiveAutoencoder(
     @property
     def _n_features_out(self) -> int:
         """Code size, read from the fitted model (AttributeError before fit)."""
+        if self.module_.architecture["type"] == "conv":
+            return int(np.prod(self.module_.encoder.output_shape))
         return int(self.module_.architecture["hidden_sizes"][-1])
 
     def __sklearn_tags__(self):  # noqa: ANN204 - sklearn.utils.Tags
@@ -660,6 +866,13 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available")
     return resolved
+
+
+def _int_or_ints(value: Any) -> int | tuple[int, ...]:
+    """An int parameter as int, a sequence of ints as a tuple (one per dim)."""
+    if isinstance(value, Integral):
+        return int(value)
+    return tuple(int(v) for v in value)
 
 
 def _clone_state(module: torch.nn.Module) -> dict[str, Tensor]:

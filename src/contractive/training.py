@@ -152,10 +152,13 @@ def fit(
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     generator = torch.Generator(device=x.device).manual_seed(seed)
+    # iterate_minibatches permutes on the CPU: off the CPU it needs its own
+    # CPU generator (on the CPU one generator drives everything, as before).
+    order = generator if x.device.type == "cpu" else torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = History()
     for epoch in range(1, epochs + 1):
-        batches = iterate_minibatches(x, batch_size, generator=generator)
+        batches = iterate_minibatches(x, batch_size, generator=order)
         metrics = {
             "epoch": float(epoch),
             **train_epoch(model, objective, batches, optimizer, generator=generator),

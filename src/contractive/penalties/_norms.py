@@ -102,9 +102,10 @@ def _jvp_sq_norms(fn: Encoder, xs: Tensor, vs: Tensor) -> tuple[Tensor, Tensor]:
     """Outputs and ||J v||^2 for stacked inputs ``xs`` and probes ``vs`` of shape
     (n, n_samples, ...): returns (out of shape (n, n_samples, ...), (n, n_samples))."""
     n, b = vs.shape[:2]
-    out, jv = jvp(
-        fn, (xs.reshape(n * b, *xs.shape[2:]),), (vs.reshape(n * b, *vs.shape[2:]),)
-    )
+    # contiguous: with one sample, reshaping an expanded xs stays a view with
+    # stride 0, which forward-mode AD refuses as a primal.
+    primals = xs.reshape(n * b, *xs.shape[2:]).contiguous()
+    out, jv = jvp(fn, (primals,), (vs.reshape(n * b, *vs.shape[2:]),))
     return out.reshape(n, b, *out.shape[1:]), jv.reshape(n, b, -1).pow(2).sum(dim=2)
 
 
