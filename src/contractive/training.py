@@ -506,6 +506,7 @@ class Trainer:
             bar.set_postfix(_postfix(terms), refresh=False)
             bar.update(1)
             if self.step_in_epoch == n_steps:
+                bar.refresh()  # show the epoch's last terms, however fast it ran
                 return  # the end-of-epoch checkpoint follows validation
             every = self.config.checkpoint_every
             if stop[0] or (every and self.global_step % every == 0):
