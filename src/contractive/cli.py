@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 from contractive.experiment import (
+    ANALYSIS_MAX_SAMPLES,
     SCALINGS,
     DivergedRun,
     InterruptedRun,
@@ -257,8 +258,10 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="print a run's metrics as JSON",
         description="Reconstruction error, mean Jacobian norm and (with labels) the "
-        "linear-probe accuracy of a trained run, as JSON on stdout. Default data: the "
-        "run's own held-out test split.",
+        "linear-probe accuracy of a trained run, as JSON on stdout, with an "
+        "'analysis' object: the Jacobian singular-value spectrum's decay, the exact "
+        "mean Jacobian norm and contraction ratios at radii relative to the data "
+        "scale. Default data: the run's own held-out test split.",
         epilog="examples:\n  contractive evaluate runs/digits-cae-...\n"
         "  contractive evaluate runs/x --data other.npy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -272,6 +275,19 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--label-column", metavar="COL", default=None)
     p.add_argument("--device", default="cpu", metavar="DEV", help="(default: cpu)")
+    p.add_argument(
+        "--analysis-samples",
+        type=positive_int,
+        metavar="N",
+        default=ANALYSIS_MAX_SAMPLES,
+        help="rows used for the Jacobian spectrum and the contraction ratios "
+        f"(default: {ANALYSIS_MAX_SAMPLES})",
+    )
+    p.add_argument(
+        "--no-analysis",
+        action="store_true",
+        help="skip the analysis (no 'analysis' key)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -367,7 +383,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_run(
-        args.run, args.data, label_column=args.label_column, device=args.device
+        args.run,
+        args.data,
+        label_column=args.label_column,
+        device=args.device,
+        analyse=not args.no_analysis,
+        analysis_samples=args.analysis_samples,
     )
     print(json.dumps(metrics, indent=2))
     return 0
