@@ -291,13 +291,51 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
-SUBCOMMANDS = [add_train_parser, add_encode_parser, add_evaluate_parser]
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write figures and a markdown report of runs",
+        description="Write PNG figures (training curves, filters, reconstructions, "
+        "Jacobian spectrum, contraction curve, tangents) into RUN/figures and an "
+        "index RUN/report.md. With several runs, also a comparison folder with the "
+        "curves and spectra overlaid and a table of the runs. Prints the path of "
+        "the report.",
+        epilog="examples:\n  contractive report runs/digits-cae-...\n"
+        "  contractive report runs/ae runs/cae --out runs/ae-vs-cae",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", metavar="RUN", nargs="+", help="run folder(s)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="comparison folder, several runs only "
+        "(default: report-<names> beside the first run)",
+    )
+    p.add_argument("--device", default="cpu", metavar="DEV", help="(default: cpu)")
+    p.add_argument(
+        "--analysis-samples",
+        type=positive_int,
+        metavar="N",
+        default=ANALYSIS_MAX_SAMPLES,
+        help="evaluation rows used for the Jacobians, contraction and figures "
+        f"(default: {ANALYSIS_MAX_SAMPLES})",
+    )
+    p.set_defaults(func=cmd_report)
+
+
+SUBCOMMANDS = [
+    add_train_parser,
+    add_encode_parser,
+    add_evaluate_parser,
+    add_report_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Contractive autoencoders: train, encode, evaluate.",
+        description="Contractive autoencoders: train, encode, evaluate, report.",
         epilog="Run 'contractive COMMAND -h' for a command's options.",
     )
     from contractive import __version__
@@ -391,6 +429,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         analysis_samples=args.analysis_samples,
     )
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from contractive.report import write_report  # pulls in matplotlib
+
+    path = write_report(
+        args.runs,
+        args.out,
+        device=args.device,
+        max_samples=args.analysis_samples,
+    )
+    print(path)
     return 0
 
 
