@@ -23,6 +23,7 @@ from contractive.report import (
     _image_shape,
     _labels,
     analyse_run,
+    write_report,
 )
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -222,3 +223,20 @@ def test_conv_filters_and_image_shapes():
     assert _image_shape({"architecture": {"input_shape": [1, 8, 8]}}, 64) == (8, 8)
     assert _image_shape({"data": {"image_shape": [3, 8, 8]}}, 192) is None
     assert _image_shape({"data": {"image_shape": None}}, 64) is None
+
+
+def test_report_of_conv_run_shows_kernels(trained, tmp_path):
+    """A run folder holding a conv autoencoder (built by hand: train is dense-only)."""
+    from contractive import runs
+
+    run = tmp_path / "conv"
+    run.mkdir()
+    model = Autoencoder.conv((1, 8, 8), 4, 3, padding=1)
+    config = runs.read_config(trained / "ae")
+    runs.write_config(run, {**config, "architecture": model.architecture})
+    runs.save_model(run, model, runs.load(trained / "ae").scaler)
+    (run / "metrics.jsonl").write_text((trained / "ae" / "metrics.jsonl").read_text())
+    path = write_report([run], max_samples=30)
+    for name in RUN_FIGURES:
+        _read_png(run / FIGURES / f"{name}.png")
+    assert "| encoder | conv 1x8x8, 4 channels, kernel 3" in path.read_text()
