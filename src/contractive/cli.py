@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 from contractive.experiment import (
+    ANALYSIS_MAX_SAMPLES,
     SCALINGS,
     DivergedRun,
     InterruptedRun,
@@ -257,8 +258,10 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="print a run's metrics as JSON",
         description="Reconstruction error, mean Jacobian norm and (with labels) the "
-        "linear-probe accuracy of a trained run, as JSON on stdout. Default data: the "
-        "run's own held-out test split.",
+        "linear-probe accuracy of a trained run, as JSON on stdout, with an "
+        "'analysis' object: the Jacobian singular-value spectrum's decay, the exact "
+        "mean Jacobian norm and contraction ratios at radii relative to the data "
+        "scale. Default data: the run's own held-out test split.",
         epilog="examples:\n  contractive evaluate runs/digits-cae-...\n"
         "  contractive evaluate runs/x --data other.npy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -272,16 +275,67 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--label-column", metavar="COL", default=None)
     p.add_argument("--device", default="cpu", metavar="DEV", help="(default: cpu)")
+    p.add_argument(
+        "--analysis-samples",
+        type=positive_int,
+        metavar="N",
+        default=ANALYSIS_MAX_SAMPLES,
+        help="rows used for the Jacobian spectrum and the contraction ratios "
+        f"(default: {ANALYSIS_MAX_SAMPLES})",
+    )
+    p.add_argument(
+        "--no-analysis",
+        action="store_true",
+        help="skip the analysis (no 'analysis' key)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
-SUBCOMMANDS = [add_train_parser, add_encode_parser, add_evaluate_parser]
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write figures and a markdown report of runs",
+        description="Write PNG figures (training curves, filters, reconstructions, "
+        "Jacobian spectrum, contraction curve, tangents) into RUN/figures and an "
+        "index RUN/report.md. With several runs, also a comparison folder with the "
+        "curves and spectra overlaid and a table of the runs. Prints the path of "
+        "the report.",
+        epilog="examples:\n  contractive report runs/digits-cae-...\n"
+        "  contractive report runs/ae runs/cae --out runs/ae-vs-cae",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", metavar="RUN", nargs="+", help="run folder(s)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="comparison folder, several runs only "
+        "(default: report-<names> beside the first run)",
+    )
+    p.add_argument("--device", default="cpu", metavar="DEV", help="(default: cpu)")
+    p.add_argument(
+        "--analysis-samples",
+        type=positive_int,
+        metavar="N",
+        default=ANALYSIS_MAX_SAMPLES,
+        help="evaluation rows used for the Jacobians, contraction and figures "
+        f"(default: {ANALYSIS_MAX_SAMPLES})",
+    )
+    p.set_defaults(func=cmd_report)
+
+
+SUBCOMMANDS = [
+    add_train_parser,
+    add_encode_parser,
+    add_evaluate_parser,
+    add_report_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="Contractive autoencoders: train, encode, evaluate.",
+        description="Contractive autoencoders: train, encode, evaluate, report.",
         epilog="Run 'contractive COMMAND -h' for a command's options.",
     )
     from contractive import __version__
@@ -367,9 +421,27 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_run(
-        args.run, args.data, label_column=args.label_column, device=args.device
+        args.run,
+        args.data,
+        label_column=args.label_column,
+        device=args.device,
+        analyse=not args.no_analysis,
+        analysis_samples=args.analysis_samples,
     )
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from contractive.report import write_report  # pulls in matplotlib
+
+    path = write_report(
+        args.runs,
+        args.out,
+        device=args.device,
+        max_samples=args.analysis_samples,
+    )
+    print(path)
     return 0
 
 

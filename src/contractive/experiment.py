@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contractive import runs
+from contractive import analysis, runs
 from contractive.data import (
     Dataset,
     Scaler,
@@ -62,6 +62,8 @@ SCALINGS = ("auto", "none", "minmax", "global-minmax", "standardize")
 RUN_FORMAT = "contractive.run/1"
 #: Training rows the probe's logistic regression is fitted on, at most.
 PROBE_MAX_TRAIN = 5000
+#: Evaluation rows the analysis (exact Jacobians, contraction) uses, at most.
+ANALYSIS_MAX_SAMPLES = 500
 
 
 def resolve_scaling(scaling: str, dataset: Dataset) -> str:
@@ -271,6 +273,40 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     history: History = field(default_factory=History)
+
+
+@dataclass
+class EvaluationData:
+    """The rows a trained run is measured on.
+
+    ``rows`` are the test rows, else the validation rows, else the training rows
+    (the rule of ``model_metrics``).
+    """
+
+    dataset: Any
+    splits: Splits
+    name: str
+
+    @property
+    def rows(self) -> np.ndarray:
+        splits = self.splits
+        return next(r for r in (splits.test, splits.val, splits.train) if len(r))
+
+    def scaled_inputs(
+        self, scaler: Any, *, max_rows: int | None = None, seed: int = 0
+    ) -> np.ndarray:
+        """Scaled inputs of the evaluation rows, float32 (n_rows, n_features).
+
+        With ``max_rows``, a random subset of at most that many rows drawn from
+        ``seed``, kept in row order.
+        """
+        rows = self.rows
+        if max_rows is not None and len(rows) > max_rows:
+            rng = np.random.default_rng(seed)
+            rows = np.sort(rng.choice(rows, size=max_rows, replace=False))
+        return np.concatenate(
+            list(iter_batches(self.dataset.x, rows, EVAL_BATCH_SIZE, scaler))
+        )
 
 
 class DivergedRun(RuntimeError):
@@ -682,23 +718,20 @@ def encode_file(
     return codes.shape
 
 
-def evaluate_run(
-    run_dir: str | os.PathLike[str],
+def evaluation_data(
+    loaded: runs.LoadedModel,
     source: str | None = None,
     *,
     label_column: str | None = None,
-    device: str = "cpu",
-) -> dict[str, Any]:
-    """Metrics of a trained run, as ``model_metrics`` computes them.
+) -> EvaluationData:
+    """The data and splits a run is evaluated on (by ``evaluate`` and ``report``).
 
     Without ``source``: the run's own data (checked against its checksum) and its
-    held-out test split. With ``source``: all its rows; with labels, the probe is
-    fitted on a seeded 80/20 split of that data.
+    splits, re-made from the stored seed and fractions. With ``source``: all its
+    rows as the test split; with labels (and at least 10 rows) a seeded 80/20
+    split instead, so the probe has training rows.
     """
-    dev = resolve_device(device)
-    loaded = runs.load(run_dir, device=str(dev))
-    config = loaded.config
-    record = config["data"]
+    record = loaded.config["data"]
     if source is None:
         dataset = _load_data(
             record["source"], record.get("label_column"), record.get("path")
@@ -708,25 +741,71 @@ def evaluate_run(
                 f"data {record['source']!r} changed since training (checksum "
                 "mismatch); pass --data to evaluate on it anyway"
             )
-        opts = config["options"]
+        opts = loaded.config["options"]
         splits = make_splits(
             dataset.n_samples,
             opts["validation_fraction"],
             opts["test_fraction"],
             opts["seed"],
         )
-        data_name = record["source"]
-    else:
-        from contractive.data import validate_features
+        return EvaluationData(dataset, splits, record["source"])
+    from contractive.data import validate_features
 
-        dataset = _load_data(source, label_column)
-        validate_features(dataset.x, expected_n_features=loaded.n_features, name=source)
-        if dataset.y is not None and dataset.n_samples >= 10:
-            splits = make_splits(dataset.n_samples, 0.0, 0.2, 0)
-        else:
-            everything = np.arange(dataset.n_samples)
-            splits = Splits(everything, everything[:0], everything)
-            dataset.y = None
-        data_name = source
-    metrics = model_metrics(loaded.model, dataset, splits, loaded.scaler, device=dev)
-    return {"run": str(loaded.run_dir), "data": data_name, **metrics}
+    dataset = _load_data(source, label_column)
+    validate_features(dataset.x, expected_n_features=loaded.n_features, name=source)
+    if dataset.y is not None and dataset.n_samples >= 10:
+        splits = make_splits(dataset.n_samples, 0.0, 0.2, 0)
+    else:
+        everything = np.arange(dataset.n_samples)
+        splits = Splits(everything, everything[:0], everything)
+        dataset.y = None
+    return EvaluationData(dataset, splits, source)
+
+
+def analysis_metrics(
+    model: Autoencoder,
+    data: EvaluationData,
+    scaler: Any,
+    *,
+    max_samples: int | None = ANALYSIS_MAX_SAMPLES,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``contractive.analysis.summarize`` of the encoder on the evaluation rows.
+
+    The inputs are scaled as in training; at most ``max_samples`` evaluation rows
+    (a random subset drawn from ``seed``) enter the exact Jacobians, the spectrum
+    and the contraction ratios. No probe: ``model_metrics`` has it, on the proper
+    training/test split.
+    """
+    x = data.scaled_inputs(scaler, max_rows=max_samples, seed=seed)
+    return analysis.summarize(model.encoder, x, max_samples=None, random_state=seed)
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    source: str | None = None,
+    *,
+    label_column: str | None = None,
+    device: str = "cpu",
+    analyse: bool = True,
+    analysis_samples: int | None = ANALYSIS_MAX_SAMPLES,
+) -> dict[str, Any]:
+    """Metrics of a trained run, as ``model_metrics`` computes them, and its analysis.
+
+    The rows are those of :func:`evaluation_data`. With ``analyse``, the key
+    ``"analysis"`` holds :func:`analysis_metrics` (Jacobian spectrum decay, exact
+    mean ``||J_f(x)||_F``, contraction ratios) on up to ``analysis_samples`` of
+    the evaluation rows.
+    """
+    dev = resolve_device(device)
+    loaded = runs.load(run_dir, device=str(dev))
+    data = evaluation_data(loaded, source, label_column=label_column)
+    metrics = model_metrics(
+        loaded.model, data.dataset, data.splits, loaded.scaler, device=dev
+    )
+    out = {"run": str(loaded.run_dir), "data": data.name, **metrics}
+    if analyse:
+        out["analysis"] = analysis_metrics(
+            loaded.model, data, loaded.scaler, max_samples=analysis_samples
+        )
+    return out
