@@ -186,7 +186,8 @@ def _bad(files: Path, run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["train", "--contraction", "-1", "--out", out], "number >= 0"),
         (["train", "--validation-fraction", "1.5", "--out", out], "fraction"),
         (["train", "--model", "ae", "--contraction", "0.5", "--out", out], "cae"),
-        (["train", "--loss", "bce", "--out", out], "sigmoid"),
+        (["train", "--loss", "bce", "--decoder", "linear", "--out", out], "sigmoid"),
+        (["train", "--scaling", "standardize", "--out", out], "needs inputs in"),
         (["train", "--resume", "--out", str(tmp / "nothing")], "no such run folder"),
         (["train", "--resume", "--out", str(run), "--lr", "1"], "drop --lr"),
         (["encode", str(run), str(f / "x5.npy"), str(tmp / "h.npy")], "expects 6"),
@@ -338,6 +339,7 @@ def test_divergence_exits_1_and_keeps_last_good_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--data", str(tmp_path / "x.npy"), "--out", str(out), "-q"]
     args += ["--scaling", "none", "--checkpoint-every", "1", "--batch-size", "2"]
+    args += ["--loss", "mse", "--decoder", "linear"]
     args += ["--test-fraction", "0", "--validation-fraction", "0"]
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()

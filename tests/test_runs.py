@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
@@ -31,7 +32,9 @@ def _train(tmp_path, data_file, **options):
 
 @pytest.mark.parametrize("decoder", ["linear", "tied", "tied-sigmoid"])
 def test_round_trip_every_tensor_and_scaler(tmp_path, data_file, decoder):
-    result = _train(tmp_path, data_file, decoder=decoder, scaling="standardize")
+    result = _train(
+        tmp_path, data_file, decoder=decoder, loss="mse", scaling="standardize"
+    )
     loaded = contractive.load(result.run_dir)
     stored = load_file(result.run_dir / runs.MODEL)
     state = loaded.model.state_dict()
@@ -71,7 +74,9 @@ def test_run_folder_contents(tmp_path, data_file):
     assert (
         config["data"]["checksum"] and config["versions"]["torch"] == torch.__version__
     )
-    assert config["objective"]["contraction"] == 0.1
+    # default lambda follows the loss: cross-entropy with the default decoder
+    assert config["objective"]["loss"] == "bce"
+    assert config["objective"]["contraction"] == 1.0
     assert config["train"]["epochs"] == 2 and config["architecture"]["type"] == "dense"
     lines = (result.run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1.0, 2.0]
@@ -270,3 +275,12 @@ def test_metrics_torn_line_and_truncate(tmp_path):
     assert [r["epoch"] for r in runs.read_metrics(tmp_path)] == [1, 2, 3]
     runs.truncate_metrics(tmp_path, 2)
     assert [r["epoch"] for r in runs.read_metrics(tmp_path)] == [1, 2]
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    target = tmp_path / "f.json"
+    runs.atomic_write_json(target, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert json.loads(target.read_text()) == {"a": 1}

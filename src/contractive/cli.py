@@ -149,13 +149,18 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "--activation", choices=ACTIVATIONS, help="hidden activation" + _d("activation")
     )
     g.add_argument("--decoder", choices=DECODERS, help="decoder" + _d("decoder"))
-    g.add_argument("--loss", choices=LOSSES, help="reconstruction loss" + _d("loss"))
+    g.add_argument(
+        "--loss",
+        choices=("auto", *LOSSES),
+        help="reconstruction loss; auto: bce for a sigmoid decoder, else mse"
+        + _d("loss"),
+    )
     g.add_argument(
         "--contraction",
         type=nonnegative_float,
         metavar="LAMBDA",
         help="weight of ||J_f||_F^2 (of ||J_{g.f}||_F^2 for rcae) "
-        "(default: the preset's, 0.1)",
+        "(default: 1.0 with bce, 0.1 with mse)",
     )
     g.add_argument(
         "--higher-order",
