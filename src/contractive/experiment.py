@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -668,20 +669,13 @@ def linear_probe(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
 ) -> float | None:
     """Test accuracy of a standardized logistic regression; None with one class."""
-    import warnings
-
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     if len(np.unique(y_train)) < 2:
         return None
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # a probe at max_iter is still a fair probe
         warnings.simplefilter("ignore", ConvergenceWarning)
-        probe.fit(x_train, y_train)
-    return float(probe.score(x_test, y_test))
+        return analysis.linear_probe_accuracy(x_train, y_train, x_test, y_test)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
