@@ -228,22 +228,31 @@ def test_device_precision_and_nproc_errors_exit_2(
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.skipif(
-    torch.backends.mps.is_available(), reason="MPS is available here"
-)
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS is available here")
 def test_mps_requested_without_mps_exits_2(tmp_path: Path, capsys) -> None:
     assert main(["train", "--device", "mps", "--out", str(tmp_path / "r")]) == 2
     assert "MPS is not available" in capsys.readouterr().err
 
 
-def test_fit_draws_the_batch_order_on_the_cpu() -> None:
-    """fit() keeps a CPU generator for the permutation (the CUDA bug fixed)."""
+def test_fit_draws_the_batch_order_on_the_cpu(monkeypatch) -> None:
+    """fit() gives iterate_minibatches a CPU generator (it permutes on the CPU)."""
+    import contractive.training as training
+
+    devices = []
+    original = training.iterate_minibatches
+
+    def spy(x, batch_size, *, shuffle=True, generator=None):
+        devices.append(generator.device.type)
+        return original(x, batch_size, shuffle=shuffle, generator=generator)
+
+    monkeypatch.setattr(training, "iterate_minibatches", spy)
     x = torch.from_numpy(_data())
     a, b = _model(), _model()
-    fit(a, Objective.preset("cae"), x, epochs=2, batch_size=8, seed=5)
-    fit(b, Objective.preset("cae"), x, epochs=2, batch_size=8, seed=5)
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    fit(a, Objective.preset("dae"), x, epochs=2, batch_size=8, seed=5)
+    fit(b, Objective.preset("dae"), x, epochs=2, batch_size=8, seed=5)
+    assert devices == ["cpu"] * 4
+    for name, p in a.state_dict().items():
+        torch.testing.assert_close(p, b.state_dict()[name], rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------ GPU

@@ -386,6 +386,8 @@ def _processes(device: torch.device) -> Iterator[distributed.DistContext]:
     ctx = distributed.init_from_env(device)
     try:
         yield ctx
+        if created:  # leave together: rank 0 may still be writing the model
+            ctx.barrier()
     finally:
         if created:
             torch.distributed.destroy_process_group()

@@ -706,7 +706,8 @@ class Trainer:
             bar.update(1)
             if self.step_in_epoch == n_steps:
                 return  # the end-of-epoch checkpoint follows validation
-            stopping = self.stepper.agreed_stop  # the same on every rank
+            # several processes: the flag all ranks agreed on at this step
+            stopping = self.stepper.agreed_stop if self.dist.enabled else stop[0]
             every = self.config.checkpoint_every
             if stopping or (every and self.global_step % every == 0):
                 self._save_checkpoint()
