@@ -62,6 +62,31 @@ def _train(
     return state, trainer.history.epochs
 
 
+def _resume_mid_epoch(ctx: DistContext, folder: Path) -> dict[str, torch.Tensor]:
+    """Weights of a run resumed from a checkpoint rank 0 wrote inside epoch 2,
+    minus those of the same run uninterrupted (all zeros when exact)."""
+    from contractive import runs
+
+    x, train, val = _data(), np.arange(37), np.arange(37, 40)
+    config = TrainConfig(epochs=3, batch_size=4, lr=0.05, seed=7, checkpoint_every=3)
+
+    def save(state: dict) -> None:  # only rank 0 is ever called
+        if state["counters"]["global_step"] <= 6:  # last: epoch 2, step 1 of 5
+            runs.save_checkpoint(folder, state)
+
+    kwargs = {"progress": False, "dist": ctx}
+    full = Trainer(_model(), Objective.preset("cae"), config, checkpoint=save, **kwargs)
+    full.fit(x, train, val)
+    ctx.barrier()  # rank 0 wrote the checkpoint; every rank reads it
+    resumed = Trainer(_model(), Objective.preset("cae"), config, **kwargs)
+    state = runs.load_checkpoint(folder)
+    assert state["counters"]["step_in_epoch"] == 1
+    resumed.load_state_dict(state)
+    resumed.fit(x, train, val)
+    theirs = resumed.model.state_dict()
+    return {k: v - theirs[k] for k, v in full.model.state_dict().items()}
+
+
 def _gloo_worker(rank: int, world_size: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -75,6 +100,7 @@ def _gloo_worker(rank: int, world_size: int, store: str, out: str) -> None:
         for n_train in (37, 33):
             state, history = _train(n_train, 4, ctx)
             results[n_train] = {"state": state, "history": history}
+        results["resume_diff"] = _resume_mid_epoch(ctx, Path(store).parent)
         torch.save(results, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -103,6 +129,14 @@ def test_two_processes_equal_one_process_with_twice_the_batch(
             assert got.keys() == want.keys()
             for key in want:  # epoch and validation metrics are global means
                 assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7)
+
+
+def test_two_processes_resume_inside_an_epoch_exactly(
+    two_process_results: list[dict],
+) -> None:
+    for result in two_process_results:
+        for name, diff in result["resume_diff"].items():
+            assert torch.count_nonzero(diff) == 0, name
 
 
 def test_rank_batches_cut_global_batches_into_rank_slices() -> None:

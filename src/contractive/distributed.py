@@ -106,8 +106,9 @@ class DistContext:
     def on_main(self, fn: Callable[[], str]) -> str:
         """Run ``fn`` on rank 0 only and give its result to every rank.
 
-        A ``ValueError`` raised by ``fn`` on rank 0 is raised on every rank with
-        the same message (so no rank waits forever for the others).
+        An exception raised by ``fn`` on rank 0 is raised there and, as a
+        ``ValueError`` with the same message, on every other rank (so no rank
+        waits forever for the others).
         """
         if not self.enabled:
             return fn()
@@ -115,7 +116,7 @@ class DistContext:
         if self.is_main:
             try:
                 message = "ok:" + fn()
-            except ValueError as err:
+            except Exception as err:  # re-raised below, after telling the others
                 message = "error:" + str(err)
                 self.broadcast_text(message)
                 raise

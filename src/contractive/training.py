@@ -142,7 +142,7 @@ class Stepper:
                 module, device_ids=ids, output_device=device.index if ids else None
             )
         self.module = module
-        self.grad_scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self.grad_scaler = _grad_scaler() if precision == "fp16" else None
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -208,6 +208,13 @@ class Stepper:
         n, stop = stats[-2], stats[-1]
         self.agreed_stop = stop > 0
         return {k: v / n for k, v in zip(terms, stats[:-2], strict=True)}
+
+
+def _grad_scaler() -> Any:
+    """A CUDA ``GradScaler`` (``torch.amp`` from torch 2.3, else ``torch.cuda.amp``)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()  # torch < 2.3
 
 
 def train_epoch(
@@ -602,8 +609,9 @@ class Trainer:
             self.best_state = state["best_model"]
             self.epoch_sums = {k: float(v) for k, v in state["epoch_sums"].items()}
             self.history = History([dict(e) for e in state["history"]])
-            if self.stepper.grad_scaler is not None and "grad_scaler" in state:
-                self.stepper.grad_scaler.load_state_dict(state["grad_scaler"])
+            scaler_state = state.get("grad_scaler")
+            if self.stepper.grad_scaler is not None and scaler_state:
+                self.stepper.grad_scaler.load_state_dict(scaler_state)
         except (KeyError, TypeError, RuntimeError) as err:
             raise ValueError(
                 f"checkpoint does not match this model and config: {_first_line(err)}"
@@ -753,10 +761,9 @@ class Trainer:
         if val_indices is not None:
             val = self.validate(x, val_indices, scaler=scaler)
             metrics.update({f"val_{k}": v for k, v in val.items()})
-            # rank 0's values on every rank: all ranks take the same decisions
-            val["loss"] = float(
-                self.dist.broadcast(torch.tensor([val["loss"]], device=self.device))
-            )
+            if self.dist.enabled:  # rank 0's value everywhere: the same decisions
+                loss = torch.tensor([val["loss"]], dtype=torch.float64)
+                val["loss"] = float(self.dist.broadcast(loss.to(self.device)))
             if self.best_val is None or val["loss"] < self.best_val:
                 self.best_val, self.best_epoch, self.bad_epochs = (
                     val["loss"],
