@@ -251,6 +251,8 @@ def test_nproc_2_run_folder_is_written_by_rank_0_only_and_resumes(
         (["--precision", "bf16", "--device", "cpu"], "needs a CUDA device"),
         (["--precision", "fp8"], "precision"),
         (["--nproc", "0"], "nproc"),
+        (["--nproc", "2", "--data", "missing.npy"], "no such file"),
+        (["--nproc", "2", "--precision", "fp16", "--device", "cpu"], "CUDA"),
     ],
 )  # fmt: skip
 def test_device_precision_and_nproc_errors_exit_2(

@@ -20,8 +20,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from pathlib import Path
 
 from contractive import distributed, runs
+from contractive.data import list_builtin_datasets
 from contractive.experiment import (
     SCALINGS,
     DivergedRun,
@@ -408,6 +410,9 @@ def _launch_or_check_workers(
         )
         device = resolve_device(options.device)
         check_precision(options.precision, device)
+        builtin = options.data in list_builtin_datasets()
+        if not builtin and not Path(options.data).expanduser().exists():
+            raise ValueError(f"no such file or folder: {options.data!r}")
         if options.out is not None:
             runs.check_new_run_dir(options.out, overwrite=options.overwrite)
     argv = _without_nproc(args.argv)
