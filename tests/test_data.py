@@ -546,3 +546,24 @@ def test_auto_scaling_is_global_for_images():
     plain = data.Dataset(np.ones((3, 2), np.float32), None, "t", "t", "0")
     assert resolve_scaling("auto", plain) == "minmax"
     assert resolve_scaling("standardize", plain) == "standardize"
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_streaming_a_memmap_leaves_no_file_pages_mapped(tmp_path: Path) -> None:
+    """iter_batches unmaps what it read: a pass over a file does not grow RSS."""
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((16384, 1024), np.float32))  # 64 MiB
+    x = load_dataset(path).x
+    before = _rss_file_kib()
+    order = np.random.default_rng(0).permutation(len(x))
+    n = sum(len(b) for b in iter_batches(x, order, 256))
+    assert n == len(x)
+    assert _rss_file_kib() - before < 8 * 1024  # KiB; the file is 64 MiB

@@ -15,10 +15,15 @@ import argparse
 import json
 import logging
 import math
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
+from pathlib import Path
 
+from contractive import distributed, runs
+from contractive.data import list_builtin_datasets
 from contractive.experiment import (
     ANALYSIS_MAX_SAMPLES,
     SCALINGS,
@@ -28,18 +33,19 @@ from contractive.experiment import (
     encode_file,
     evaluate_run,
     format_summary,
+    resolve_device,
     resume_run,
     train_run,
 )
 from contractive.modules import ACTIVATIONS, DECODERS
 from contractive.objective import LOSSES, PRESETS
 from contractive.penalties import CORRUPTIONS
-from contractive.training import OPTIMIZERS
+from contractive.training import OPTIMIZERS, PRECISIONS, check_precision
 
 PROG = "contractive"
 _DEFAULTS = {f.name: f.default for f in fields(TrainOptions)}
 #: Flags that may accompany --resume (everything else comes from config.json).
-_RESUME_FLAGS = {"out", "resume", "device", "epochs", "progress"}
+_RESUME_FLAGS = {"out", "resume", "device", "epochs", "progress", "nproc"}
 
 
 class UsageError(Exception):
@@ -106,7 +112,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         epilog="examples:\n  contractive train\n"
         "  contractive train --data mnist5k --hidden 256 --contraction 0.3\n"
         "  contractive train --data x.npy --model dae --out runs/x --epochs 50\n"
-        "  contractive train --out runs/x --resume",
+        "  contractive train --out runs/x --resume\n"
+        "  contractive train --nproc 4 --data big.npy --batch-size 256\n"
+        "  torchrun --nproc_per_node 4 -m contractive train --data big.npy",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
@@ -198,6 +206,20 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--device", metavar="DEV", help="auto, cpu, cuda, cuda:N or mps" + _d("device")
+    )
+    g.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp32, or bf16/fp16 autocast on CUDA; penalties stay float32"
+        + _d("precision"),
+    )
+    g.add_argument(
+        "--nproc",
+        type=positive_int,
+        metavar="N",
+        help="train with N processes (DistributedDataParallel, launched with "
+        "torchrun; --batch-size is per process); or run under torchrun yourself "
+        "(default: 1)",
     )
     g.add_argument(
         "--threads",
@@ -379,11 +401,16 @@ def _add_verbosity(parser: argparse.ArgumentParser) -> None:
 
 # ------------------------------------------------------------------ subcommands
 
-_GLOBAL = {"verbose", "quiet", "command", "func"}
+_GLOBAL = {"verbose", "quiet", "command", "func", "argv"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in _GLOBAL}
+    nproc = given.pop("nproc", 1)
+    if nproc > 1 or distributed.env_world_size() > 1:
+        code = _launch_or_check_workers(args, given, nproc)
+        if code is not None:
+            return code
     progress = given.pop("progress", None)
     if args.quiet:
         progress = False
@@ -404,10 +431,78 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     else:
         result = train_run(TrainOptions(**given), progress=progress)
+    if not result.is_main:  # other ranks of a multi-process run: rank 0 reports
+        return 0
     if not args.quiet:
         print(format_summary(result.summary))
     print(f"run folder: {result.run_dir}")
     return 0
+
+
+def _launch_or_check_workers(
+    args: argparse.Namespace, given: dict, nproc: int
+) -> int | None:
+    """``--nproc N``: launch torchrun with this command line; return its code.
+
+    Inside a torchrun worker (``WORLD_SIZE`` set) returns None (train here),
+    after refusing a nested ``--nproc``. Before launching, the checks that need
+    no data run here, so a bad flag or ``--out`` exits with code 2 at once.
+    """
+    if distributed.env_world_size() > 1:
+        if nproc > 1:
+            raise ValueError(
+                "--nproc launches torchrun itself; under torchrun leave it out"
+            )
+        return None
+    if given.get("resume"):
+        if "out" in given:
+            record = runs.read_config(given["out"]).get("distributed") or {}
+            trained_with = int(record.get("world_size", 1))
+            if trained_with != nproc:
+                raise ValueError(
+                    f"run {given['out']!r} was trained with {trained_with} "
+                    f"processes; resume it with --nproc {trained_with}"
+                )
+    else:
+        options = TrainOptions(
+            **{k: v for k, v in given.items() if k not in ("progress", "resume")}
+        )
+        device = resolve_device(options.device)
+        check_precision(options.precision, device)
+        builtin = options.data in list_builtin_datasets()
+        if not builtin and not Path(options.data).expanduser().exists():
+            raise ValueError(f"no such file or folder: {options.data!r}")
+        if options.out is not None:
+            runs.check_new_run_dir(options.out, overwrite=options.overwrite)
+    argv = _without_nproc(args.argv)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "contractive",
+        *argv,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.run(command, env=env, check=False).returncode
+
+
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--nproc N`` / ``--nproc=N`` (or an abbreviation)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.split("=", 1)[0]
+        if len(name) >= 4 and "--nproc".startswith(name):
+            skip = "=" not in token
+            continue
+        out.append(token)
+    return out
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -472,6 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(str(err))
         return 2
     _configure_logging(args.verbose, args.quiet)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except InterruptedRun as err:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contractive import analysis, runs
+from contractive import analysis, distributed, runs
 from contractive.data import (
     Dataset,
     Scaler,
@@ -48,11 +48,13 @@ from contractive.penalties import CORRUPTIONS, jacobian_norm_sq
 from contractive.training import (
     EVAL_BATCH_SIZE,
     OPTIMIZERS,
+    PRECISIONS,
     DivergenceError,
     History,
     TrainConfig,
     Trainer,
     TrainingInterrupted,
+    check_precision,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ PROBE_MAX_TRAIN = 5000
 DEFAULT_CONTRACTION = {"bce": 1.0, "mse": 0.1}
 #: Evaluation rows the analysis (exact Jacobians, contraction) uses, at most.
 ANALYSIS_MAX_SAMPLES = 500
+#: Test rows the probe is scored on, at most (the rows are kept in memory).
+PROBE_MAX_TEST = 20000
 
 
 def resolve_scaling(scaling: str, dataset: Dataset) -> str:
@@ -102,6 +106,10 @@ class TrainOptions:
     corruption, corruption_level : input corruption (None keeps the preset's)
     threads : CPU threads torch may use while training; small dense models train
         fastest on one (and the count is kept for a bit-identical resume)
+    device : "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:N" or
+        "mps"; under torchrun with several processes "auto" and "cuda" mean
+        ``cuda:LOCAL_RANK``
+    precision : "fp32", or "bf16"/"fp16" autocast on CUDA (penalties in float32)
     out : run folder; None makes ``runs/<data>-<model>-<timestamp>``
     overwrite : replace the contents of a non-empty ``out``
     """
@@ -129,6 +137,7 @@ class TrainOptions:
     patience: int = 5
     checkpoint_every: int = 0
     device: str = "auto"
+    precision: str = "fp32"
     threads: int = 1
     out: str | None = None
     overwrite: bool = False
@@ -147,6 +156,7 @@ class TrainOptions:
         _choice("loss", self.loss, ("auto", *LOSSES))
         _choice("scaling", self.scaling, SCALINGS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("precision", self.precision, PRECISIONS)
         if self.corruption is not None:
             _choice("corruption", self.corruption, CORRUPTIONS)
         if not self.hidden:
@@ -239,16 +249,27 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; expected one of {allowed}")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; checks that the device exists."""
+def resolve_device(name: str, *, local_rank: int | None = None) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; checks that the device exists.
+
+    With ``local_rank`` (one of several processes on a machine), "auto" and
+    "cuda" mean ``cuda:local_rank``: each process drives its own GPU.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise ValueError(
             f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps"
         ) from None
+    if local_rank is not None and device.type == "cuda":
+        if device.index is not None:
+            raise ValueError(
+                f"device {name!r}: with several processes each one uses "
+                "cuda:LOCAL_RANK; pass --device cuda (or auto)"
+            )
+        device = torch.device("cuda", local_rank)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {name!r} requested but CUDA is not available")
@@ -297,6 +318,8 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     history: History = field(default_factory=History)
+    #: False on the ranks other than 0 of a multi-process run (they write nothing)
+    is_main: bool = True
 
 
 @dataclass
@@ -403,8 +426,44 @@ def default_run_dir(data_name: str, model: str) -> Path:
     return path
 
 
+def _device_for_processes(name: str) -> torch.device:
+    """``resolve_device`` for this process (``cuda:LOCAL_RANK`` under torchrun)."""
+    if distributed.env_world_size() > 1:
+        return resolve_device(name, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+    return resolve_device(name)
+
+
+@contextlib.contextmanager
+def _processes(device: torch.device) -> Iterator[distributed.DistContext]:
+    """The job this process is part of; joins (and leaves) torchrun's group.
+
+    A single process outside torchrun. A process group created here is
+    destroyed on the way out; one the caller created is left alone.
+    """
+    created = distributed.env_world_size() > 1 and not (
+        torch.distributed.is_available() and torch.distributed.is_initialized()
+    )
+    ctx = distributed.init_from_env(device)
+    try:
+        yield ctx
+        if created:  # leave together: rank 0 may still be writing the model
+            ctx.barrier()
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+
+
+def _distributed_record(ctx: distributed.DistContext) -> dict[str, Any]:
+    backend = distributed.backend_for(ctx.device)
+    return {"world_size": ctx.world_size, "backend": backend}
+
+
 def train_run(options: TrainOptions, *, progress: bool | None = None) -> RunResult:
     """Train a new model as ``options`` say and write its run folder.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this: they join one
+    process group and train with DistributedDataParallel, ``options.batch_size``
+    rows per process and step; only rank 0 creates and writes the run folder.
 
     Raises
     ------
@@ -416,7 +475,8 @@ def train_run(options: TrainOptions, *, progress: bool | None = None) -> RunResu
         Ctrl-C; a checkpoint of the current step was written.
     """
     objective, train_config = options.objective(), options.train_config()
-    device = resolve_device(options.device)
+    device = _device_for_processes(options.device)
+    check_precision(options.precision, device)
     dataset = _load_data(options.data, options.label_column)
     splits = make_splits(
         dataset.n_samples,
@@ -432,39 +492,54 @@ def train_run(options: TrainOptions, *, progress: bool | None = None) -> RunResu
         "decoder": options.decoder,
     }
     model = seeded_model(architecture, options.seed)
-    out = (
-        Path(options.out)
-        if options.out
-        else default_run_dir(dataset.name, options.model)
-    )
-    runs.check_new_run_dir(out, overwrite=options.overwrite)
-    config = {
-        "format": RUN_FORMAT,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "options": {**options.to_dict(), "out": str(out)},
-        "architecture": model.architecture,
-        "objective": objective.to_dict(),
-        "train": train_config.to_dict(),
-        "data": _data_record(dataset, options),
-        "scaling": resolve_scaling(options.scaling, dataset),
-        "splits": {
-            **splits.sizes(),
-            "validation_fraction": options.validation_fraction,
-            "test_fraction": options.test_fraction,
-            "seed": options.seed,
-        },
-        "device": str(device),
-        "versions": _versions(),
-    }
-    setup = _Setup(config, dataset, splits, model, objective, train_config, device)
-    run_dir = runs.create_run_dir(out, overwrite=options.overwrite)
-    try:
-        runs.write_config(run_dir, config)
-        return _train_in(run_dir, setup, progress, fresh=True)
-    except ValueError:
-        if not runs.has_checkpoint(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    with _processes(device) as ctx:
+
+        def make_config(out: Path) -> dict[str, Any]:
+            return {
+                "format": RUN_FORMAT,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
+                    timespec="seconds"
+                ),
+                "options": {**options.to_dict(), "out": str(out)},
+                "architecture": model.architecture,
+                "objective": objective.to_dict(),
+                "train": train_config.to_dict(),
+                "data": _data_record(dataset, options),
+                "scaling": resolve_scaling(options.scaling, dataset),
+                "splits": {
+                    **splits.sizes(),
+                    "validation_fraction": options.validation_fraction,
+                    "test_fraction": options.test_fraction,
+                    "seed": options.seed,
+                },
+                "device": str(device),
+                "distributed": _distributed_record(ctx),
+                "versions": _versions(),
+            }
+
+        def create() -> str:  # rank 0 alone: the folder and its config.json
+            out = (
+                Path(options.out)
+                if options.out
+                else default_run_dir(dataset.name, options.model)
+            )
+            runs.check_new_run_dir(out, overwrite=options.overwrite)
+            run_dir = runs.create_run_dir(out, overwrite=options.overwrite)
+            runs.write_config(run_dir, make_config(run_dir))
+            return str(run_dir)
+
+        run_dir = Path(ctx.on_main(create))
+        config = make_config(run_dir)
+        setup = _Setup(
+            config, dataset, splits, model, objective, train_config, device, ctx,
+            options.precision,
+        )  # fmt: skip
+        try:
+            return _train_in(run_dir, setup, progress, fresh=True)
+        except ValueError:
+            if ctx.is_main and not runs.has_checkpoint(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
 
 def resume_run(
@@ -478,7 +553,9 @@ def resume_run(
 
     A run killed at any moment (even SIGKILL) and resumed ends with the same
     weights as an uninterrupted run. ``epochs`` may raise the epoch budget;
-    ``device`` overrides the stored one (None keeps it).
+    ``device`` overrides the stored one (None keeps it). A run trained by N
+    processes resumes with N processes (every process reads the checkpoint, so
+    the run folder must be on a filesystem they all see).
     """
     run_dir = runs.check_run_dir(out)
     config = runs.read_config(run_dir)
@@ -493,7 +570,15 @@ def resume_run(
         train_config = TrainConfig(**train)
     except (KeyError, TypeError, ValueError) as err:
         raise runs.RunError(f"{run_dir / runs.CONFIG} is not usable: {err}") from None
-    dev = resolve_device(device or stored.device)
+    trained_with = int((config.get("distributed") or {}).get("world_size", 1))
+    world_size = distributed.env_world_size()
+    if trained_with != world_size:
+        raise ValueError(
+            f"run {str(run_dir)!r} was trained with {trained_with} processes "
+            f"and this is {world_size}; resume it with --nproc {trained_with}"
+        )
+    dev = _device_for_processes(device or stored.device)
+    check_precision(stored.precision, dev)
     record = config["data"]
     dataset = _load_data(
         record["source"], record.get("label_column"), record.get("path")
@@ -507,11 +592,15 @@ def resume_run(
         dataset.n_samples, stored.validation_fraction, stored.test_fraction, stored.seed
     )
     model = seeded_model(config["architecture"], stored.seed)
-    if train != config["train"]:
-        config["train"] = train
-        runs.write_config(run_dir, config)
-    setup = _Setup(config, dataset, splits, model, objective, train_config, dev)
-    return _train_in(run_dir, setup, progress, fresh=False)
+    with _processes(dev) as ctx:
+        if train != config["train"] and ctx.is_main:
+            config["train"] = train
+            runs.write_config(run_dir, config)
+        setup = _Setup(
+            config, dataset, splits, model, objective, train_config, dev, ctx,
+            stored.precision,
+        )  # fmt: skip
+        return _train_in(run_dir, setup, progress, fresh=False)
 
 
 @dataclass
@@ -525,6 +614,8 @@ class _Setup:
     objective: Objective
     train_config: TrainConfig
     device: torch.device
+    ctx: distributed.DistContext = field(default_factory=distributed.DistContext)
+    precision: str = "fp32"
 
 
 @contextlib.contextmanager
@@ -541,9 +632,13 @@ def _torch_threads(n: int) -> Iterator[None]:
 def _train_in(
     run_dir: Path, setup: _Setup, progress: bool | None, *, fresh: bool
 ) -> RunResult:
-    """Fit the scaler, train (resuming from a checkpoint unless ``fresh``), save."""
+    """Fit the scaler, train (resuming from a checkpoint unless ``fresh``), save.
 
-    dataset, splits, model = setup.dataset, setup.splits, setup.model
+    Every rank trains; rank 0 alone writes (checkpoints, metrics, model, summary).
+    """
+
+    dataset, splits, model, ctx = setup.dataset, setup.splits, setup.model, setup.ctx
+    main = ctx.is_main
     with _torch_threads(int(setup.config["options"].get("threads", 1))):
         scaler = Scaler(setup.config["scaling"]).fit(dataset.x, splits.train)
         model.to(setup.device)
@@ -553,11 +648,17 @@ def _train_in(
             setup.train_config,
             device=setup.device,
             checkpoint=lambda state: runs.save_checkpoint(run_dir, state),
-            on_epoch_end=lambda metrics: runs.append_metrics(run_dir, metrics),
+            on_epoch_end=lambda metrics: (
+                runs.append_metrics(run_dir, metrics) if main else None
+            ),
             progress=progress,
+            dist=ctx,
+            precision=setup.precision,
         )
         if not fresh:
-            runs.remove_stale_temp_files(run_dir)
+            if main:
+                runs.remove_stale_temp_files(run_dir)
+            ctx.barrier()  # rank 0 wrote the checkpoint the others now read
             if runs.has_checkpoint(run_dir):
                 trainer.load_state_dict(runs.load_checkpoint(run_dir))
                 logger.info(
@@ -566,7 +667,8 @@ def _train_in(
                     trainer.epoch + 1,
                     trainer.step_in_epoch,
                 )
-        runs.truncate_metrics(run_dir, trainer.epoch)
+        if main:
+            runs.truncate_metrics(run_dir, trainer.epoch)
         try:
             history = trainer.fit(dataset.x, splits.train, splits.val, scaler=scaler)
         except TrainingInterrupted as err:
@@ -578,6 +680,8 @@ def _train_in(
                 else "no checkpoint was written"
             )
             raise DivergedRun(f"training diverged: {err}; {where}") from None
+        if not main:
+            return RunResult(run_dir, {}, history, is_main=False)
         sha = runs.save_model(run_dir, model, scaler)
         summary = {
             "epochs_trained": trainer.epoch,
@@ -623,7 +727,8 @@ def model_metrics(
     training rows). ``reconstruction_error`` is the squared error summed over
     (scaled) features, averaged over samples. The probe (only with labels and test
     rows) fits ``LogisticRegression`` on standardized codes of up to
-    ``PROBE_MAX_TRAIN`` training rows and scores it on the test rows; the same for
+    ``PROBE_MAX_TRAIN`` training rows and scores it on the test rows (a seeded
+    sample of ``PROBE_MAX_TEST`` when there are more); the same for
     the scaled inputs.
     """
     device = torch.device(device)
@@ -631,11 +736,14 @@ def model_metrics(
     n, sse, jac = 0, 0.0, 0.0
     inputs, codes = [], []
     probe = dataset.y is not None and len(splits.test) > 0 and rows is splits.test
+    probe_rows = _at_most(rows, PROBE_MAX_TEST) if probe else rows[:0]
+    keep = np.isin(rows, probe_rows)  # rows the probe scores: kept in memory
     for xb, hb, s, j in _encode_rows(model, dataset.x, rows, scaler, device):
+        batch_keep, keep = keep[: len(xb)], keep[len(xb) :]
         n, sse, jac = n + len(xb), sse + s, jac + j
-        if probe:  # keep the rows only when the probe needs them
-            inputs.append(xb)
-            codes.append(hb)
+        if probe:
+            inputs.append(xb[batch_keep])
+            codes.append(hb[batch_keep])
     out: dict[str, Any] = {
         "eval_split": "test"
         if rows is splits.test
@@ -647,15 +755,12 @@ def model_metrics(
         "jacobian_norm": jac / n,
     }
     if probe:
-        train_rows = splits.train
-        if len(train_rows) > PROBE_MAX_TRAIN:
-            rng = np.random.default_rng(0)
-            train_rows = np.sort(rng.choice(train_rows, PROBE_MAX_TRAIN, replace=False))
+        train_rows = _at_most(splits.train, PROBE_MAX_TRAIN)
         tr_in, tr_codes = [], []
         for xb, hb, _, _ in _encode_rows(model, dataset.x, train_rows, scaler, device):
             tr_in.append(xb)
             tr_codes.append(hb)
-        y_train, y_test = dataset.y[train_rows], dataset.y[rows]
+        y_train, y_test = dataset.y[train_rows], dataset.y[probe_rows]
         out["probe_accuracy_codes"] = linear_probe(
             np.concatenate(tr_codes), y_train, np.concatenate(codes), y_test
         )
@@ -663,6 +768,13 @@ def model_metrics(
             np.concatenate(tr_in), y_train, np.concatenate(inputs), y_test
         )
     return out
+
+
+def _at_most(rows: np.ndarray, n: int) -> np.ndarray:
+    """``rows``, or a seeded sorted sample of ``n`` of them when there are more."""
+    if len(rows) <= n:
+        return rows
+    return np.sort(np.random.default_rng(0).choice(rows, n, replace=False))
 
 
 def linear_probe(

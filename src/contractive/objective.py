@@ -6,6 +6,7 @@ encoder's forward pass for every closed-form penalty.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -17,6 +18,9 @@ from contractive.modules import Autoencoder, split_sigmoid_output
 from contractive.penalties import (
     CORRUPTIONS,
     METHODS,
+    AffineActivation,
+    AffineForward,
+    activation_derivative,
     affine_forward,
     as_affine_activation,
     closed_form_norm_sq,
@@ -67,6 +71,13 @@ class Objective:
     corruption_level : float, std (gaussian) or fraction of entries (others)
     jacobian_method : {"auto", "analytic", "exact", "stochastic"}
     n_probes : int >= 1, probes of the stochastic estimate
+
+    Mixed precision: under ``torch.autocast`` (bf16/fp16 training on CUDA) the
+    penalties stay in float32. The closed-form terms reuse the encoder's
+    pre-activation ``z`` (from the low-precision matmul), cast to float32, and
+    recompute ``act'(z)``, the row norms and their products in float32; the
+    generic (exact or stochastic Jacobian) paths run the encoder and its
+    Jacobian entirely in float32. The decoder and reconstruction follow autocast.
     """
 
     loss: str = "mse"
@@ -180,13 +191,41 @@ class Objective:
         parts = (
             as_affine_activation(encoder) if method in ("auto", "analytic") else None
         )
+        low_precision = _autocast_enabled(x.device.type)
+        fwd = None
         if parts is not None:
             # One forward pass; every closed-form term reuses z and act'(z).
             fwd = affine_forward(parts, x)
             h = fwd.h
-            if self.contraction > 0:
-                penalties["contraction"] = closed_form_norm_sq(parts, fwd)
-            if self.higher_order > 0:
+            if low_precision:
+                fwd = _float32_forward(parts, fwd)
+        x32 = x.float() if low_precision else x
+        if parts is None and self.contraction > 0:
+            with _float32(x.device.type, low_precision):
+                h, penalties["contraction"] = encode_with_jacobian_norm_sq(
+                    encoder, x32, method, self.n_probes, generator
+                )
+        elif parts is None:
+            h = encoder(x)
+        with _float32(x.device.type, low_precision):
+            penalties.update(self._more_penalties(model, parts, fwd, x32, generator))
+        return h, penalties
+
+    def _more_penalties(
+        self,
+        model: Autoencoder,
+        parts: AffineActivation | None,
+        fwd: AffineForward | None,
+        x: Tensor,
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
+        """The penalties ``_encode_with_penalties`` has not computed yet."""
+        encoder, method = model.encoder, self.jacobian_method
+        penalties: dict[str, Tensor] = {}
+        if fwd is not None and self.contraction > 0:
+            penalties["contraction"] = closed_form_norm_sq(parts, fwd)
+        if self.higher_order > 0:
+            if fwd is not None:
                 penalties["higher_order"] = higher_order_from_forward(
                     parts,
                     fwd,
@@ -195,36 +234,26 @@ class Objective:
                     n_corruptions=self.n_corruptions,
                     generator=generator,
                 )
-        elif self.contraction > 0:
-            h, penalties["contraction"] = encode_with_jacobian_norm_sq(
-                encoder, x, method, self.n_probes, generator
-            )
-        else:
-            h = encoder(x)
-        if parts is None and self.higher_order > 0:
-            penalties["higher_order"] = higher_order_penalty(
-                encoder,
-                x,
-                sigma=self.higher_order_sigma,
-                n_corruptions=self.n_corruptions,
-                method=method,
-                n_probes=self.n_probes,
-                generator=generator,
-            )
+            else:
+                penalties["higher_order"] = higher_order_penalty(
+                    encoder,
+                    x,
+                    sigma=self.higher_order_sigma,
+                    n_corruptions=self.n_corruptions,
+                    method=method,
+                    n_probes=self.n_probes,
+                    generator=generator,
+                )
         if self.reconstruction_contraction > 0:
             weight = linear_decoder_weight(model.decoder)
-            if (
-                parts is not None
-                and weight is not None
-                and dense_encoder_parts(encoder)
-            ):
+            if fwd is not None and weight is not None and dense_encoder_parts(encoder):
                 rcae = reconstruction_from_forward(parts, weight, fwd)
             else:
                 rcae = reconstruction_jacobian_norm_sq(
                     model, x, method, self.n_probes, generator
                 )
             penalties["reconstruction_contraction"] = rcae
-        return h, penalties
+        return penalties
 
     def _reconstruction(self, model: Autoencoder, h: Tensor, x: Tensor) -> Tensor:
         """Per-sample reconstruction loss summed over features, shape (n_samples,)."""
@@ -239,6 +268,32 @@ class Objective:
         else:
             per = (model.decoder(h) - x).pow(2)
         return per.flatten(1).sum(dim=1)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is active for ``device_type`` here."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no argument, CUDA only
+        return device_type == "cuda" and torch.is_autocast_enabled()
+
+
+def _float32(device_type: str, active: bool) -> contextlib.AbstractContextManager[None]:
+    """Autocast switched off inside the block when ``active`` (else nothing)."""
+    if not active:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def _float32_forward(parts: AffineActivation, fwd: AffineForward) -> AffineForward:
+    """``fwd`` with ``x_in``, ``z`` and ``act'(z)`` in float32 (``h`` unchanged).
+
+    ``act'(z)`` is recomputed from the float32 ``z`` rather than cast, so only
+    the rounding of the low-precision matmul that produced ``z`` remains.
+    """
+    z = fwd.z.float()
+    slope = activation_derivative(parts.activation, z, parts.activation(z))
+    return replace(fwd, x_in=fwd.x_in.float(), z=z, slope=slope)
 
 
 PRESETS: dict[str, Objective] = {

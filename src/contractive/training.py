@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from contractive.distributed import DistContext, rank_batches, shard_rows
 from contractive.modules import Autoencoder
 from contractive.objective import Objective
 
@@ -56,47 +57,210 @@ def iterate_minibatches(
             yield x[start : start + batch_size]
 
 
-def _accumulate(
-    totals: dict[str, float], terms: dict[str, Tensor], weight: int
-) -> None:
-    for name, value in terms.items():
-        totals[name] = totals.get(name, 0.0) + float(value.detach()) * weight
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    """Raise ValueError unless ``precision`` is one of ``PRECISIONS`` and usable.
+
+    bf16 and fp16 are autocast on CUDA only: CPU autocast would be slower than
+    float32 for these small dense layers, and MPS autocast is not wired up.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"unknown precision {precision!r}; expected one of {PRECISIONS}"
+        )
+    if precision != "fp32" and torch.device(device).type != "cuda":
+        raise ValueError(
+            f"precision {precision!r} needs a CUDA device, got {str(device)!r}; "
+            "use fp32"
+        )
+
+
+class _ObjectiveModule(torch.nn.Module):
+    """``model`` and ``objective`` as one module whose ``forward`` is the loss.
+
+    DistributedDataParallel synchronises the gradients of the parameters used in
+    its wrapped module's ``forward``; the objective calls ``model.encoder`` and
+    ``model.decoder`` directly, so the whole objective is that ``forward``.
+    """
+
+    def __init__(self, model: Autoencoder, objective: Objective) -> None:
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(
+        self, x: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        return self.objective(self.model, x, generator)
+
+
+class Stepper:
+    """One optimizer step on a batch: forward, agreement, backward, update.
+
+    With several processes (``dist.world_size > 1``) the objective runs inside
+    ``DistributedDataParallel``, each rank's loss is weighted by its share of the
+    global batch (see ``contractive.distributed``), and the logged terms are the
+    means over the global batch (one small all-reduce per step, which also tells
+    every rank about a non-finite loss or a stop request on any rank).
+
+    With ``precision`` "bf16" or "fp16" the forward pass runs under CUDA
+    autocast; the objective keeps its penalties in float32 (see ``Objective``);
+    fp16 scales the loss with a ``GradScaler``.
+
+    Parameters
+    ----------
+    model, objective, optimizer : what to train and how
+    dist : DistContext, optional (single process when None)
+    precision : one of ``PRECISIONS``
+    """
+
+    def __init__(
+        self,
+        model: Autoencoder,
+        objective: Objective,
+        optimizer: torch.optim.Optimizer,
+        *,
+        dist: DistContext | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        self.dist = dist or DistContext()
+        self.optimizer = optimizer
+        self.precision = precision
+        #: the caller's stop request (e.g. Ctrl-C), read at each step ...
+        self.stop_flag: list[bool] = [False]
+        #: ... and whether any rank had requested it at the last step
+        self.agreed_stop = False
+        module: torch.nn.Module = _ObjectiveModule(model, objective)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = self.dist.device
+            ids = [device.index] if device.type == "cuda" else None
+            module = DistributedDataParallel(
+                module, device_ids=ids, output_device=device.index if ids else None
+            )
+        self.module = module
+        self.grad_scaler = _grad_scaler() if precision == "fp16" else None
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    def step(
+        self,
+        batch: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        n_global: int | None = None,
+    ) -> tuple[dict[str, float], int]:
+        """Train on ``batch`` (Tensor of shape (n_rows, ...)), this rank's rows.
+
+        Parameters
+        ----------
+        batch : may have 0 rows (a rank left without rows by a short last batch)
+        generator : for corruptions and probes
+        n_global : rows of the global batch; default ``n_rows * world_size``
+
+        Returns
+        -------
+        terms : mean of each loss term over the global batch
+        n_global : rows of the global batch
+
+        Raises
+        ------
+        DivergenceError
+            On every rank, before any update, when the global loss is not finite.
+        """
+        n_local, world = int(batch.shape[0]), self.dist.world_size
+        n_global = n_local * world if n_global is None else int(n_global)
+        x = batch if n_local else batch.new_zeros((1, *batch.shape[1:]))
+        with self._autocast(x.device):
+            terms = self.module(x, generator)
+        if world == 1:
+            values = {k: float(v.detach()) for k, v in terms.items()}
+            self.agreed_stop = self.stop_flag[0]
+        else:
+            values = self._reduce(terms, n_local)
+        if not math.isfinite(values["loss"]):
+            raise DivergenceError(f"loss is {values['loss']}")
+        # DDP averages the ranks' gradients: weight = share of the global batch
+        loss = terms["loss"].float() * (n_local * world / n_global)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        return values, n_global
+
+    def _reduce(self, terms: dict[str, Tensor], n_local: int) -> dict[str, float]:
+        """Global means of ``terms``; sets ``agreed_stop`` (any rank's request)."""
+        stats = torch.stack([v.detach().double() * n_local for v in terms.values()])
+        extra = [float(n_local), float(self.stop_flag[0])]
+        stats = torch.cat([stats, stats.new_tensor(extra)])
+        stats = self.dist.all_reduce_sum(stats).tolist()
+        n, stop = stats[-2], stats[-1]
+        self.agreed_stop = stop > 0
+        return {k: v / n for k, v in zip(terms, stats[:-2], strict=True)}
+
+
+def _grad_scaler() -> Any:
+    """A CUDA ``GradScaler`` (``torch.amp`` from torch 2.3, else ``torch.cuda.amp``)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()  # torch < 2.3
 
 
 def train_epoch(
     model: Autoencoder,
     objective: Objective,
-    batches: Iterable[Tensor],
+    batches: Iterable[Tensor | tuple[Tensor, int]],
     optimizer: torch.optim.Optimizer,
     *,
     generator: torch.Generator | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    stepper: Stepper | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``: forward, objective, backward, optimizer step.
 
-    Returns the sample-weighted mean of each loss term over the epoch. Raises
-    ``DivergenceError`` (before stepping) when the loss is NaN or infinite, so
-    the weights stay at their last finite values.
+    ``batches`` yields Tensors, or ``(Tensor, n_global)`` pairs when several
+    processes share each step (see ``Stepper``). Returns the sample-weighted
+    mean of each loss term over the epoch. Raises ``DivergenceError`` (before
+    stepping) when the loss is NaN or infinite, so the weights stay at their
+    last finite values.
     """
+    stepper = stepper or Stepper(model, objective, optimizer)
     model.train()
     totals: dict[str, float] = {}
     seen = 0
-    for batch in batches:
-        terms = objective(model, batch, generator)
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
+    for item in batches:
+        batch, n_global = item if isinstance(item, tuple) else (item, None)
+        try:
+            terms, n = stepper.step(batch, generator, n_global=n_global)
+        except DivergenceError as err:
             raise DivergenceError(
-                f"loss is {float(loss.detach())} after {seen} samples of this epoch; "
+                f"{err} after {seen} samples of this epoch; "
                 "lower the learning rate or the penalty weights"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _accumulate(totals, terms, batch.shape[0])
-        seen += batch.shape[0]
+            ) from None
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + value * n
+        seen += n
         if on_step is not None:
-            on_step({k: float(v.detach()) for k, v in terms.items()})
+            on_step(terms)
     return {k: v / max(seen, 1) for k, v in totals.items()}
+
+
+def _accumulate(
+    totals: dict[str, float], terms: dict[str, Tensor], weight: int
+) -> None:
+    for name, value in terms.items():
+        totals[name] = totals.get(name, 0.0) + float(value.detach()) * weight
 
 
 def evaluate(
@@ -144,21 +308,25 @@ def fit(
 ) -> History:
     """Train ``model`` on ``x`` (Tensor of shape (n_samples, ...)) with Adam.
 
-    Deterministic given ``seed`` on the CPU: one ``torch.Generator`` drives the
-    batch order, corruptions and probes.
+    Deterministic given ``seed``. The batch order is drawn from a CPU
+    ``torch.Generator`` (the permutation is made on the CPU whatever the
+    device); corruptions and probes from a generator on ``x``'s device, which on
+    the CPU is that same generator.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    # iterate_minibatches permutes on the CPU: off the CPU it needs its own
-    # CPU generator (on the CPU one generator drives everything, as before).
-    order = generator if x.device.type == "cpu" else torch.Generator().manual_seed(seed)
+    order_generator = torch.Generator().manual_seed(seed)
+    generator = (
+        order_generator
+        if x.device.type == "cpu"
+        else torch.Generator(device=x.device).manual_seed(seed + 1)
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = History()
     for epoch in range(1, epochs + 1):
-        batches = iterate_minibatches(x, batch_size, generator=order)
+        batches = iterate_minibatches(x, batch_size, generator=order_generator)
         metrics = {
             "epoch": float(epoch),
             **train_epoch(model, objective, batches, optimizer, generator=generator),
@@ -315,6 +483,18 @@ class Trainer:
     ``restore_best`` (the default) the model ends on the best epoch's weights.
     Without validation rows the last weights are kept.
 
+    Several processes: with ``dist`` (a ``DistContext`` of world size N), each
+    step trains on ``N * config.batch_size`` rows, ``config.batch_size`` per
+    rank, as ``contractive.distributed.rank_batches`` assigns them; the model is
+    wrapped in DistributedDataParallel; validation rows are split between the
+    ranks and their sums all-reduced, and rank 0's early-stopping decision is
+    broadcast. Every rank keeps the same state (the logged metrics are global),
+    but only rank 0 calls ``checkpoint``, ``on_epoch_end`` and shows progress.
+    With a deterministic objective the weights equal (within float rounding)
+    those of one process with batch size ``N * config.batch_size``; corruptions
+    and stochastic probes draw from per-rank streams (seeded from the seed and
+    the rank), so those terms differ from a single-process run.
+
     Parameters
     ----------
     model : Autoencoder, already on ``device``
@@ -326,6 +506,8 @@ class Trainer:
     on_epoch_end : callable taking the epoch's metrics dict, optional; called
         before that epoch's checkpoint
     progress : bool or None, show a tqdm bar; None shows it when stderr is a tty
+    dist : DistContext, optional; None is a single process
+    precision : {"fp32", "bf16", "fp16"}, autocast on CUDA for the latter two
     """
 
     def __init__(
@@ -338,7 +520,10 @@ class Trainer:
         checkpoint: Checkpoint | None = None,
         on_epoch_end: Callable[[dict[str, float]], None] | None = None,
         progress: bool | None = None,
+        dist: DistContext | None = None,
+        precision: str = "fp32",
     ) -> None:
+        check_precision(precision, device)
         self.model = model
         self.objective = objective
         self.config = config
@@ -346,10 +531,16 @@ class Trainer:
         self.checkpoint = checkpoint
         self.on_epoch_end = on_epoch_end
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.dist = dist or DistContext(device=self.device)
         self.optimizer = make_optimizer(model, config)
+        self.stepper = Stepper(
+            model, objective, self.optimizer, dist=self.dist, precision=precision
+        )
         self.order_generator = torch.Generator().manual_seed(config.seed)
+        # rank 0 keeps the single-process stream; other ranks draw their own
+        noise_seed = config.seed + 1 + 1_000_003 * self.dist.rank
         self.noise_generator = torch.Generator(device=self.device).manual_seed(
-            config.seed + 1
+            noise_seed
         )
         self.history = History()
         self.epoch = 0  # epochs completed
@@ -391,7 +582,12 @@ class Trainer:
             },
             "epoch_sums": dict(self.epoch_sums),
             "history": [dict(e) for e in self.history.epochs],
+            **self._grad_scaler_state(),
         }
+
+    def _grad_scaler_state(self) -> dict[str, Any]:
+        scaler = self.stepper.grad_scaler
+        return {} if scaler is None else {"grad_scaler": dict(scaler.state_dict())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a ``state_dict()``; raises ValueError when it does not fit."""
@@ -413,6 +609,9 @@ class Trainer:
             self.best_state = state["best_model"]
             self.epoch_sums = {k: float(v) for k, v in state["epoch_sums"].items()}
             self.history = History([dict(e) for e in state["history"]])
+            scaler_state = state.get("grad_scaler")
+            if self.stepper.grad_scaler is not None and scaler_state:
+                self.stepper.grad_scaler.load_state_dict(scaler_state)
         except (KeyError, TypeError, RuntimeError) as err:
             raise ValueError(
                 f"checkpoint does not match this model and config: {_first_line(err)}"
@@ -455,6 +654,7 @@ class Trainer:
             raise ValueError("no training rows")
         has_val = val_indices is not None and len(val_indices) > 0
         stop = [False]
+        self.stepper.stop_flag, self.stepper.agreed_stop = stop, False
         with _deferred_sigint(stop):
             while self.epoch < self.config.epochs and not self.stopped_early:
                 self._run_epoch(x, train_indices, scaler, stop)
@@ -464,7 +664,7 @@ class Trainer:
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(metrics)
                 self._save_checkpoint()
-                if stop[0]:
+                if self.stepper.agreed_stop or (stop[0] and not self.dist.enabled):
                     raise TrainingInterrupted(self.epoch, self.step_in_epoch)
         if self.config.restore_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
@@ -475,23 +675,30 @@ class Trainer:
     ) -> None:
         from contractive.data import iter_batches  # front-end helper, no cycle
 
-        bs = self.config.batch_size
+        bs, world = self.config.batch_size, self.dist.world_size
         if self.order is None:  # a fresh epoch (else resuming inside one)
             self.order = torch.randperm(
                 len(train_indices), generator=self.order_generator
             )
             self.step_in_epoch, self.epoch_seen, self.epoch_sums = 0, 0, {}
-        rows = train_indices[self.order.numpy()][self.step_in_epoch * bs :]
-        n_steps = math.ceil(len(train_indices) / bs)
-        sizes = iter(
-            [len(rows[i : i + bs]) for i in range(0, len(rows), bs)]
-        )  # batch sizes, to weight the epoch sums as train_epoch does
+        steps = list(
+            rank_batches(
+                train_indices[self.order.numpy()],
+                bs,
+                self.dist.rank,
+                world,
+                start=self.step_in_epoch,
+            )
+        )
+        rows = np.concatenate([r for r, _ in steps]) if steps else train_indices[:0]
+        n_steps = math.ceil(len(train_indices) / (bs * world))
+        sizes = iter([n for _, n in steps])  # global rows per step
 
         bar = tqdm(
             total=n_steps,
             initial=self.step_in_epoch,
             desc=f"epoch {self.epoch + 1}/{self.config.epochs}",
-            disable=not self.progress,
+            disable=not (self.progress and self.dist.is_main),
             leave=False,
             dynamic_ncols=True,
         )
@@ -508,15 +715,19 @@ class Trainer:
             if self.step_in_epoch == n_steps:
                 bar.refresh()  # show the epoch's last terms, however fast it ran
                 return  # the end-of-epoch checkpoint follows validation
+            # several processes: the flag all ranks agreed on at this step
+            stopping = self.stepper.agreed_stop if self.dist.enabled else stop[0]
             every = self.config.checkpoint_every
-            if stop[0] or (every and self.global_step % every == 0):
+            if stopping or (every and self.global_step % every == 0):
                 self._save_checkpoint()
-            if stop[0]:
+            if stopping:
                 raise _StopRequested
 
-        batches = (
-            torch.from_numpy(b).to(self.device)
-            for b in iter_batches(x, rows, bs, scaler)
+        local_sizes = [len(r) for r, _ in steps]
+        batches = zip(
+            (self._to_device(b) for b in iter_batches(x, rows, local_sizes, scaler)),
+            [n for _, n in steps],
+            strict=True,
         )
         try:
             train_epoch(
@@ -526,11 +737,19 @@ class Trainer:
                 self.optimizer,
                 generator=self.noise_generator,
                 on_step=on_step,
+                stepper=self.stepper,
             )
         except _StopRequested:
             raise TrainingInterrupted(self.epoch, self.step_in_epoch) from None
         finally:
             bar.close()
+
+    def _to_device(self, batch: np.ndarray) -> Tensor:
+        """A numpy batch on the training device (through pinned memory to CUDA)."""
+        tensor = torch.from_numpy(batch)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def _finish_epoch(
         self, x: Any, val_indices: np.ndarray | None, scaler: Any
@@ -543,6 +762,9 @@ class Trainer:
         if val_indices is not None:
             val = self.validate(x, val_indices, scaler=scaler)
             metrics.update({f"val_{k}": v for k, v in val.items()})
+            if self.dist.enabled:  # rank 0's value everywhere: the same decisions
+                loss = torch.tensor([val["loss"]], dtype=torch.float64)
+                val["loss"] = float(self.dist.broadcast(loss.to(self.device)))
             if self.best_val is None or val["loss"] < self.best_val:
                 self.best_val, self.best_epoch, self.bad_epochs = (
                     val["loss"],
@@ -583,20 +805,34 @@ class Trainer:
 
         Uses its own generator seeded from ``config.seed`` (the same corruption
         every epoch), so validation never shifts the training random stream.
+        With several processes each rank evaluates its share of the rows and the
+        sums are all-reduced: every rank returns the same global means.
         """
         from contractive.data import iter_batches
 
+        rows = shard_rows(indices, self.dist.rank, self.dist.world_size)
+        n_local = len(rows)
+        if n_local == 0:  # fewer rows than ranks: take part with zero weight
+            rows = np.asarray(indices)[:1]
         batches = (
-            torch.from_numpy(b).to(self.device)
-            for b in iter_batches(x, np.asarray(indices), EVAL_BATCH_SIZE, scaler)
+            self._to_device(b)
+            for b in iter_batches(x, np.asarray(rows), EVAL_BATCH_SIZE, scaler)
         )
-        generator = torch.Generator(device=self.device).manual_seed(
-            self.config.seed + 2
+        seed = self.config.seed + 2 + 1_000_003 * self.dist.rank
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        means = evaluate(self.model, self.objective, batches, generator=generator)
+        if not self.dist.enabled:
+            return means
+        stats = torch.tensor(
+            [v * n_local for v in means.values()] + [float(n_local)],
+            dtype=torch.float64,
+            device=self.device,
         )
-        return evaluate(self.model, self.objective, batches, generator=generator)
+        totals = self.dist.all_reduce_sum(stats).tolist()
+        return {k: v / totals[-1] for k, v in zip(means, totals[:-1], strict=True)}
 
     def _save_checkpoint(self) -> None:
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self.dist.is_main:
             self.checkpoint(self.state_dict())
 
 
