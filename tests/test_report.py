@@ -83,8 +83,8 @@ def test_report_of_one_run(trained, capsys):
     for needle in (
         "| data | digits: 1797 samples x 64 features, images 8x8 |",
         "| model | cae |",
-        "| encoder | dense 64 -> 8, sigmoid; decoder linear |",
-        "| lambda | 0.1 |",
+        "| encoder | dense 64 -> 8, sigmoid; decoder tied-sigmoid |",
+        "| lambda | 1 |",
         "| epochs | 2 of 2",
         f"{summary['reconstruction_error']:.4g}",
         f"{summary['probe_accuracy_codes']:.4g}",
