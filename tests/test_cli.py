@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from sklearn.datasets import load_digits
 
+import contractive
 from contractive.cli import main
 from contractive.experiment import TrainOptions, encode_file, evaluate_run, train_run
 
@@ -188,6 +190,10 @@ def _bad(files: Path, run: Path, tmp: Path) -> list[tuple[list[str], str]]:
         (["train", "--model", "ae", "--contraction", "0.5", "--out", out], "cae"),
         (["train", "--loss", "bce", "--decoder", "linear", "--out", out], "sigmoid"),
         (["train", "--scaling", "standardize", "--out", out], "needs inputs in"),
+        (["train", "--hidden", "8", "--conv-channels", "2", "--out", out], "exclude"),
+        (["train", "--stride", "2", "--out", out], "--conv-channels"),
+        (["train", "--data", x6, "--conv-channels", "2", "--out", out], "image"),
+        (["train", "--conv-channels", "2", "--kernel-size", "9", "--out", out], "9"),
         (["train", "--resume", "--out", str(tmp / "nothing")], "no such run folder"),
         (["train", "--resume", "--out", str(run), "--lr", "1"], "drop --lr"),
         (["encode", str(run), str(f / "x5.npy"), str(tmp / "h.npy")], "expects 6"),
@@ -361,3 +367,27 @@ def test_evaluate_refuses_changed_data(tmp_path, capsys):
     assert "changed since training" in capsys.readouterr().err
     assert main(["train", "--out", str(out), "--resume"]) == 2
     assert "changed since the run started" in capsys.readouterr().err
+
+
+def test_conv_run_round_trips_through_load(tmp_path, capsys):
+    out = tmp_path / "conv"
+    args = ["train", "--conv-channels", "3", "--kernel-size", "3", "--stride", "2"]
+    assert main([*args, "--padding", "1", "--epochs", "2", "--out", str(out)]) == 0
+    loaded = contractive.load(out)
+    assert loaded.config["architecture"]["type"] == "conv"
+    x = load_digits().data[:5]
+    assert loaded.encode(x).shape == (5, 3 * 4 * 4)
+    assert loaded.reconstruct(x).shape == (5, 64)
+
+
+def test_pretraining_changes_the_deep_model_deterministically(tmp_path):
+    def weights(name: str, pretrain: int) -> torch.Tensor:
+        out = tmp_path / name
+        args = ["train", "--hidden", "16,8", "--epochs", "1", "--no-progress"]
+        args += ["--pretrain-epochs", str(pretrain), "--out", str(out)]
+        assert main(args) == 0
+        return contractive.load(out).model.encoder[1].linear.weight.detach()
+
+    plain, pre_a, pre_b = weights("p", 0), weights("a", 2), weights("b", 2)
+    assert torch.equal(pre_a, pre_b)
+    assert not torch.allclose(plain, pre_a)

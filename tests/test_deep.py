@@ -442,3 +442,14 @@ def test_conv_cae_training_contracts(digits):
         with torch.no_grad():
             norms[lam] = float(jacobian_norm_sq(model.encoder, x).mean())
     assert norms[0.3] < norms[0.0], norms
+
+
+def test_layer_objectives_keep_bce_only_where_the_decoder_ends_in_a_sigmoid():
+    from contractive.stacking import layer_objectives
+
+    bce = Objective(loss="bce", contraction=0.5)
+    for activation, losses in (("sigmoid", ["bce", "bce"]), ("relu", ["bce", "mse"])):
+        model = Autoencoder.dense(10, [6, 4], activation=activation, decoder="sigmoid")
+        objectives = layer_objectives(model, bce)
+        assert [o.loss for o in objectives] == losses
+        assert all(o.contraction == 0.5 for o in objectives)

@@ -154,6 +154,29 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         help="encoder layer sizes; several make a deep encoder (default: 64)",
     )
     g.add_argument(
+        "--pretrain-epochs",
+        type=nonnegative_int,
+        metavar="N",
+        help="greedy layer-wise pre-training epochs per layer of a deep encoder "
+        "(stacked CAE), before the end-to-end epochs" + _d("pretrain_epochs"),
+    )
+    g.add_argument(
+        "--conv-channels",
+        type=positive_int,
+        metavar="C",
+        help="a convolutional encoder of C channels on image data, instead of "
+        "--hidden (closed-form penalty; transposed-convolution decoder)",
+    )
+    g.add_argument(
+        "--kernel-size", type=positive_int, metavar="K", help="conv" + _d("kernel_size")
+    )
+    g.add_argument(
+        "--stride", type=positive_int, metavar="S", help="conv" + _d("stride")
+    )
+    g.add_argument(
+        "--padding", type=nonnegative_int, metavar="P", help="conv" + _d("padding")
+    )
+    g.add_argument(
         "--activation", choices=ACTIVATIONS, help="hidden activation" + _d("activation")
     )
     g.add_argument("--decoder", choices=DECODERS, help="decoder" + _d("decoder"))
@@ -406,6 +429,12 @@ _GLOBAL = {"verbose", "quiet", "command", "func", "argv"}
 
 def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in _GLOBAL}
+    if "conv_channels" in given and "hidden" in given:
+        raise ValueError("--hidden and --conv-channels exclude each other: pick one")
+    conv_only = {"kernel_size", "stride", "padding"} & set(given)
+    if conv_only and "conv_channels" not in given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(conv_only))
+        raise ValueError(f"{flags} only apply with --conv-channels")
     nproc = given.pop("nproc", 1)
     if nproc > 1 or distributed.env_world_size() > 1:
         code = _launch_or_check_workers(args, given, nproc)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from numbers import Integral, Real
 from typing import Any
 
@@ -43,7 +42,7 @@ from contractive.penalties import (
     as_affine_activation,
     jacobian_norm_sq,
 )
-from contractive.stacking import pretrain_greedy
+from contractive.stacking import layer_objectives, pretrain_greedy
 from contractive.training import evaluate, iterate_minibatches, train_epoch
 
 #: Values of ``penalty``: which Jacobian ``contraction`` weighs (None: no penalty).
@@ -632,15 +631,11 @@ class ContractiveAutoencoder(
         ``loss="log_loss"`` they keep the cross-entropy only for sigmoid units
         (codes in (0, 1)) and use the squared error otherwise.
         """
-        first = self.objective_
-        upper = first
-        if first.loss == "bce" and self.activation != "sigmoid":
-            upper = replace(first, loss="mse")
         n_layers = len(self.module_.encoder)
         histories = pretrain_greedy(
             self.module_,
             x,
-            [first, *([upper] * (n_layers - 1))],
+            layer_objectives(self.module_, self.objective_),
             epochs=int(self.pretrain_epochs),
             batch_size=int(self.batch_size),
             lr=float(self.learning_rate),

@@ -45,6 +45,7 @@ from contractive.data import (
 from contractive.modules import ACTIVATIONS, DECODERS, Autoencoder
 from contractive.objective import LOSSES, PRESETS, Objective
 from contractive.penalties import CORRUPTIONS, jacobian_norm_sq
+from contractive.stacking import layer_objectives, pretrain_greedy
 from contractive.training import (
     EVAL_BATCH_SIZE,
     OPTIMIZERS,
@@ -72,6 +73,8 @@ PROBE_MAX_TRAIN = 5000
 DEFAULT_CONTRACTION = {"bce": 1.0, "mse": 0.1}
 #: Evaluation rows the analysis (exact Jacobians, contraction) uses, at most.
 ANALYSIS_MAX_SAMPLES = 500
+#: Probes of the stochastic ||J_f||_F^2 estimate in the reported metrics.
+METRIC_PROBES = 64
 #: Test rows the probe is scored on, at most (the rows are kept in memory).
 PROBE_MAX_TEST = 20000
 
@@ -96,7 +99,13 @@ class TrainOptions:
     ----------
     data : built-in dataset name or path (see ``contractive.data.load_dataset``)
     model : one of ``PRESETS`` ("ae", "dae", "cae", "cae-h", "rcae")
-    hidden : tuple of int, encoder layer sizes (several: a deep encoder)
+    hidden : tuple of int, encoder layer sizes (several: a deep encoder, whose
+        penalty is the whole encoder's, stochastic unless small)
+    pretrain_epochs : greedy layer-wise pre-training epochs per layer of a deep
+        encoder (stacked CAE) before the end-to-end epochs; 0: none. It loads the
+        scaled training rows into memory and reruns if no checkpoint exists yet.
+    conv_channels : a convolutional encoder with this many channels on image
+        data (instead of ``hidden``), with ``kernel_size``, ``stride``, ``padding``
     loss : "auto" (cross-entropy for a decoder ending in a sigmoid, else squared
         error), "bce" or "mse"
     contraction : lambda; the weight of ``||J_f||_F^2`` (of ``||J_{g o f}||_F^2``
@@ -118,6 +127,11 @@ class TrainOptions:
     label_column: str | None = None
     model: str = "cae"
     hidden: tuple[int, ...] = (64,)
+    pretrain_epochs: int = 0
+    conv_channels: int | None = None
+    kernel_size: int = 5
+    stride: int = 1
+    padding: int = 0
     activation: str = "sigmoid"
     decoder: str = "tied-sigmoid"
     loss: str = "auto"
@@ -166,6 +180,15 @@ class TrainOptions:
                 raise ValueError(
                     f"hidden sizes must be positive integers, got {size!r}"
                 )
+        for name, minimum in (
+            ("pretrain_epochs", 0),
+            ("kernel_size", 1),
+            ("stride", 1),
+            ("padding", 0),
+        ):
+            _check_int(name, getattr(self, name), minimum)
+        if self.conv_channels is not None:
+            _check_int("conv_channels", self.conv_channels, 1)
         if (
             isinstance(self.threads, bool)
             or not isinstance(self.threads, int)
@@ -242,6 +265,11 @@ class TrainOptions:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -458,6 +486,32 @@ def _distributed_record(ctx: distributed.DistContext) -> dict[str, Any]:
     return {"world_size": ctx.world_size, "backend": backend}
 
 
+def model_architecture(options: TrainOptions, dataset: Dataset) -> dict[str, Any]:
+    """The ``Autoencoder.from_architecture`` dict for these options and data."""
+    if options.conv_channels is None:
+        return {
+            "type": "dense",
+            "n_features": dataset.n_features,
+            "hidden_sizes": list(options.hidden),
+            "activation": options.activation,
+            "decoder": options.decoder,
+        }
+    if dataset.image_shape is None:
+        raise ValueError(
+            f"conv_channels needs image data; {dataset.name!r} has no image shape "
+            "(digits, mnist5k, MNIST IDX files and 3-D .npy arrays have one)"
+        )
+    return Autoencoder.conv(
+        (1, *dataset.image_shape),
+        options.conv_channels,
+        options.kernel_size,
+        stride=options.stride,
+        padding=options.padding,
+        activation=options.activation,
+        decoder=options.decoder,
+    ).architecture
+
+
 def train_run(options: TrainOptions, *, progress: bool | None = None) -> RunResult:
     """Train a new model as ``options`` say and write its run folder.
 
@@ -484,14 +538,7 @@ def train_run(options: TrainOptions, *, progress: bool | None = None) -> RunResu
         options.test_fraction,
         options.seed,
     )
-    architecture = {
-        "type": "dense",
-        "n_features": dataset.n_features,
-        "hidden_sizes": list(options.hidden),
-        "activation": options.activation,
-        "decoder": options.decoder,
-    }
-    model = seeded_model(architecture, options.seed)
+    model = seeded_model(model_architecture(options, dataset), options.seed)
     with _processes(device) as ctx:
 
         def make_config(out: Path) -> dict[str, Any]:
@@ -667,6 +714,8 @@ def _train_in(
                     trainer.epoch + 1,
                     trainer.step_in_epoch,
                 )
+        if _pretrain_epochs(setup) and not runs.has_checkpoint(run_dir):
+            _pretrain(setup, scaler)  # deterministic, so every rank does it alike
         if main:
             runs.truncate_metrics(run_dir, trainer.epoch)
         try:
@@ -695,6 +744,34 @@ def _train_in(
     return RunResult(run_dir, summary, history)
 
 
+def _pretrain_epochs(setup: _Setup) -> int:
+    """Pre-training epochs per layer; 0 unless the encoder has several layers."""
+    arch = setup.config["architecture"]
+    if arch["type"] != "dense" or len(arch["hidden_sizes"]) < 2:
+        return 0
+    return int(setup.config["options"].get("pretrain_epochs", 0))
+
+
+def _pretrain(setup: _Setup, scaler: Scaler) -> None:
+    """Greedy layer-wise pre-training (stacked CAE) on the scaled training rows."""
+    rows = setup.splits.train
+    x = np.concatenate(
+        list(iter_batches(setup.dataset.x, rows, EVAL_BATCH_SIZE, scaler))
+    )
+    model, train = setup.model, setup.train_config
+    histories = pretrain_greedy(
+        model,
+        torch.from_numpy(x).to(setup.device),
+        layer_objectives(model, setup.objective),
+        epochs=_pretrain_epochs(setup),
+        batch_size=train.batch_size,
+        lr=train.lr,
+        seed=train.seed,
+    )
+    for k, history in enumerate(histories, start=1):
+        logger.info("pre-trained layer %d: loss %.6g", k, history.series("loss")[-1])
+
+
 # ------------------------------------------------------------------ metrics
 
 
@@ -706,7 +783,10 @@ def _encode_rows(
     model.eval()
     for batch in iter_batches(x, rows, EVAL_BATCH_SIZE, scaler):
         xb = torch.from_numpy(batch).to(device)
-        norms = jacobian_norm_sq(model.encoder, xb).detach().clamp_min(0).sqrt()
+        # Closed form where there is one; otherwise a 64-probe estimate, whose
+        # square root is nearly unbiased (a 1-probe one would not be).
+        norms = jacobian_norm_sq(model.encoder, xb, n_probes=METRIC_PROBES)
+        norms = norms.detach().clamp_min(0).sqrt()
         with torch.no_grad():
             h = model.encode(xb)
             sq = (model.decode(h) - xb).pow(2).flatten(1).sum(1)

@@ -9,6 +9,7 @@ subclasses, so the penalties recognise them exactly like a user's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -338,6 +339,15 @@ class Autoencoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decoder(self.encoder(x))
+
+    @property
+    def n_features(self) -> int:
+        """Input features per sample (flattened), from ``architecture``."""
+        if self.architecture is None:
+            raise ValueError("this Autoencoder has no architecture record")
+        if self.architecture["type"] == "conv":
+            return math.prod(self.architecture["input_shape"])
+        return int(self.architecture["n_features"])
 
     @property
     def outputs_probabilities(self) -> bool:

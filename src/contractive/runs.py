@@ -295,7 +295,7 @@ class LoadedModel:
 
     @property
     def n_features(self) -> int:
-        return int(self.model.architecture["n_features"])
+        return self.model.n_features
 
     @property
     def device(self) -> torch.device:

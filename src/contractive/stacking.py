@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from contractive.modules import Autoencoder
+from contractive.modules import Autoencoder, split_sigmoid_output
 from contractive.objective import Objective
 from contractive.training import History, fit
 
@@ -66,6 +67,21 @@ def layer_autoencoders(model: Autoencoder) -> list[Autoencoder]:
                     "ConvEncoder per element), not a bare activation or reshape"
                 )
     return [Autoencoder(encoder[k], decoder[n - 1 - k]) for k in range(n)]
+
+
+def layer_objectives(model: Autoencoder, objective: Objective) -> list[Objective]:
+    """One objective per layer of ``model`` for :func:`pretrain_greedy`.
+
+    Each is ``objective``, except that the cross-entropy becomes the squared
+    error for a layer whose decoder does not end in a sigmoid: its targets are
+    the codes below it, which are only in (0, 1) for sigmoid units.
+    """
+    objectives = []
+    for layer in layer_autoencoders(model):
+        keeps_bce = split_sigmoid_output(layer.decoder)[1]
+        same = objective.loss != "bce" or keeps_bce
+        objectives.append(objective if same else replace(objective, loss="mse"))
+    return objectives
 
 
 @torch.no_grad()
