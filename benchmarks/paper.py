@@ -847,7 +847,7 @@ def claims(
         diff = r[name]["probe"] - cae["probe"]
         if abs(diff) < 2 * se:
             return f"{100 * diff:+.1f} points, within the noise"
-        return f"{100 * diff:+.1f} points, {'above' if diff > 0 else 'below'} the noise"
+        return f"{100 * diff:+.1f} points, beyond the noise"
 
     cae2, conv = r["CAE-2"], r["conv CAE"]
     stacked_ok = cae2["probe"] > cae["probe"] + 2 * se
@@ -876,8 +876,9 @@ def claims(
             "With a handful of local kernels shared across positions it has far "
             "fewer features than the dense CAE's 1,000 global ones (each "
             f"position sees only {conv['note'].split(' ')[0]} filters), so its "
-            "codes are closer to filtered, downsampled pixels; a single conv layer "
-            "is not where the convolution pays off, a deeper stack or pooling is."
+            "codes are closer to filtered, downsampled pixels; one conv layer "
+            "without pooling or a second layer is not where convolutions usually "
+            "pay off (not measured here)."
             if conv["probe"] < cae["probe"]
             else "Weight sharing across positions did not cost the linear probe "
             "anything here, with far fewer parameters."
