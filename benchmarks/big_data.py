@@ -10,7 +10,7 @@ making the file does not count, trains one epoch of a small CAE
   ``Trainer`` reading it batch by batch, as ``contractive train --data FILE`` does;
 * in memory: the first ``--memory-rows`` rows (default 200,000) loaded into RAM;
 * with ``--no-release`` also the memory-mapped case with
-  ``contractive.data.release_pages`` disabled, to show what it saves.
+  ``contractive.batching.release_pages`` disabled, to show what it saves.
 
 It reports the peak resident memory of the training process (``VmHWM``, which
 counts the file pages mapped into it) and the training throughput, as a Markdown
@@ -76,9 +76,9 @@ def train_child(args: argparse.Namespace) -> dict[str, float]:
 
     torch.set_num_threads(args.threads)
     if args.mode == "memmap-no-release":
-        import contractive.data
+        import contractive.batching
 
-        contractive.data.release_pages = lambda x: None
+        contractive.batching.release_pages = lambda x: None
     t0 = time.perf_counter()
     if args.mode.startswith("memmap"):
         x = load_dataset(args.path).x  # np.memmap: checksum + validation stream

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from contractive.batching import iter_batches
 from contractive.distributed import DistContext, rank_batches, shard_rows
 from contractive.modules import Autoencoder
 from contractive.objective import Objective
@@ -631,7 +632,7 @@ class Trainer:
         Parameters
         ----------
         x : array of shape (n_samples, n_features), np.ndarray, np.memmap or any
-            row-indexable array (read through ``contractive.data.iter_batches``)
+            row-indexable array (read through ``contractive.batching.iter_batches``)
         train_indices : int array of shape (n_train,), rows to train on
         val_indices : int array of shape (n_val,), optional, rows to validate on
         scaler : fitted ``contractive.data.Scaler``, optional, applied per batch
@@ -673,7 +674,6 @@ class Trainer:
     def _run_epoch(
         self, x: Any, train_indices: np.ndarray, scaler: Any, stop: list[bool]
     ) -> None:
-        from contractive.data import iter_batches  # front-end helper, no cycle
 
         bs, world = self.config.batch_size, self.dist.world_size
         if self.order is None:  # a fresh epoch (else resuming inside one)
@@ -808,8 +808,6 @@ class Trainer:
         With several processes each rank evaluates its share of the rows and the
         sums are all-reduced: every rank returns the same global means.
         """
-        from contractive.data import iter_batches
-
         rows = shard_rows(indices, self.dist.rank, self.dist.world_size)
         n_local = len(rows)
         if n_local == 0:  # fewer rows than ranks: take part with zero weight
