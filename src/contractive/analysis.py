@@ -31,6 +31,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor, nn
 
+from contractive._validation import check_int
 from contractive.penalties import batch_jacobian
 
 Encoder = Callable[[Tensor], Tensor]
@@ -120,11 +121,6 @@ def _as_input(x: ArrayLike, encoder: Any, name: str = "x") -> Tensor:
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return tensor if device is None else tensor.to(device)
-
-
-def _check_positive_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @contextmanager
@@ -288,7 +284,7 @@ def tangent_directions(encoder: Encoder, x: ArrayLike, k: int) -> Tangents:
         of shape (n_samples, k).
     """
     x = _as_input(x, encoder)
-    _check_positive_int(k, "k")
+    check_int("k", k)
     directions, values = [], []
     with _inference(encoder):
         n_codes, n_features = _codes(encoder, x[:1]).shape[1], x[0].numel()
@@ -364,7 +360,7 @@ def default_radii(
         raise ValueError(
             f"x must have shape (n_samples, n_features), got shape {array.shape}"
         )
-    _check_positive_int(n_radii, "n_radii")
+    check_int("n_radii", n_radii)
     if not 0 < low <= high or not math.isfinite(high):
         raise ValueError(f"need 0 < low <= high < inf, got low={low}, high={high}")
     return _data_scale(array) * np.geomspace(low, high, n_radii)
@@ -422,7 +418,7 @@ def contraction_ratio_curve(
         raise ValueError(f"radii must be a non-empty 1-D array, got shape {r.shape}")
     if not np.isfinite(r).all() or (r <= 0).any():
         raise ValueError(f"radii must be positive and finite, got {r}")
-    _check_positive_int(n_directions, "n_directions")
+    check_int("n_directions", n_directions)
     totals = np.zeros(r.size)
     with _inference(encoder):
         h = _codes(encoder, x)
@@ -571,7 +567,7 @@ def encode_batched(
     -------
     ndarray of shape (n_samples, n_codes)
     """
-    _check_positive_int(batch_size, "batch_size")
+    check_int("batch_size", batch_size)
     x = _as_input(x, encode)
     with _inference(encode):
         parts = []

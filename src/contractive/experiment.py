@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from contractive import analysis, distributed, runs
+from contractive._validation import check_int
 from contractive.data import (
     Dataset,
     Scaler,
@@ -186,17 +187,10 @@ class TrainOptions:
             ("stride", 1),
             ("padding", 0),
         ):
-            _check_int(name, getattr(self, name), minimum)
+            check_int(name, getattr(self, name), minimum)
         if self.conv_channels is not None:
-            _check_int("conv_channels", self.conv_channels, 1)
-        if (
-            isinstance(self.threads, bool)
-            or not isinstance(self.threads, int)
-            or (self.threads < 1)
-        ):
-            raise ValueError(
-                f"threads must be a positive integer, got {self.threads!r}"
-            )
+            check_int("conv_channels", self.conv_channels, 1)
+        check_int("threads", self.threads)
         for name in ("contraction", "higher_order", "corruption_level"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
@@ -265,11 +259,6 @@ class TrainOptions:
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -399,6 +388,19 @@ class InterruptedRun(KeyboardInterrupt):
 def _load_data(source: str, label_column: str | None, path: str | None = None) -> Any:
 
     return load_dataset(path or source, label_column=label_column)
+
+
+def _load_recorded_data(record: dict[str, Any], since: str, otherwise: str) -> Dataset:
+    """The data a run was trained on, refused if its checksum changed since."""
+    dataset = _load_data(
+        record["source"], record.get("label_column"), record.get("path")
+    )
+    if dataset.checksum != record["checksum"]:
+        raise ValueError(
+            f"data {record['source']!r} changed since {since} (checksum "
+            f"mismatch); {otherwise}"
+        )
+    return dataset
 
 
 def _data_record(dataset: Any, options: TrainOptions) -> dict[str, Any]:
@@ -626,15 +628,7 @@ def resume_run(
         )
     dev = _device_for_processes(device or stored.device)
     check_precision(stored.precision, dev)
-    record = config["data"]
-    dataset = _load_data(
-        record["source"], record.get("label_column"), record.get("path")
-    )
-    if dataset.checksum != record["checksum"]:
-        raise ValueError(
-            f"data {record['source']!r} changed since the run started "
-            "(checksum mismatch); cannot resume"
-        )
+    dataset = _load_recorded_data(config["data"], "the run started", "cannot resume")
     splits = make_splits(
         dataset.n_samples, stored.validation_fraction, stored.test_fraction, stored.seed
     )
@@ -942,14 +936,9 @@ def evaluation_data(
     """
     record = loaded.config["data"]
     if source is None:
-        dataset = _load_data(
-            record["source"], record.get("label_column"), record.get("path")
+        dataset = _load_recorded_data(
+            record, "training", "pass --data to evaluate on it anyway"
         )
-        if dataset.checksum != record["checksum"]:
-            raise ValueError(
-                f"data {record['source']!r} changed since training (checksum "
-                "mismatch); pass --data to evaluate on it anyway"
-            )
         opts = loaded.config["options"]
         splits = make_splits(
             dataset.n_samples,

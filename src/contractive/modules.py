@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from contractive._validation import check_int
 from contractive.penalties import TiedLinear
 
 ACTIVATIONS = (
@@ -85,8 +86,8 @@ class DenseLayer(_Chain):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        _check_size("in_features", in_features)
-        _check_size("out_features", out_features)
+        check_int("in_features", in_features)
+        check_int("out_features", out_features)
         super().__init__(
             nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype),
             make_activation(activation),
@@ -172,11 +173,6 @@ class DenseDecoder(_Chain):
         super().__init__(*layers)
 
 
-def _check_size(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 class Autoencoder(nn.Module):
     """Encoder ``f`` and decoder ``g``; ``forward(x) = g(f(x))``.
 
@@ -221,10 +217,10 @@ class Autoencoder(nn.Module):
         activation : str, one of ``ACTIVATIONS``, used by every hidden layer
         decoder : str, one of ``DECODERS``
         """
-        _check_size("n_features", n_features)
+        check_int("n_features", n_features)
         sizes = [hidden_sizes] if isinstance(hidden_sizes, int) else list(hidden_sizes)
         for s in sizes:
-            _check_size("hidden size", s)
+            check_int("hidden size", s)
         enc = DenseEncoder(n_features, sizes, activation, device=device, dtype=dtype)
         dec = DenseDecoder(enc, decoder, activation, device=device, dtype=dtype)
         arch = {
@@ -518,9 +514,9 @@ class ConvEncoder(_Chain):
                 f"dimensions, got {input_shape!r}"
             )
         for size in shape:
-            _check_size("input_shape entry", size)
-        _check_size("channels", channels)
-        _check_size("groups", groups)
+            check_int("input_shape entry", size)
+        check_int("channels", channels)
+        check_int("groups", groups)
         if shape[0] % groups or channels % groups:
             raise ValueError(
                 f"groups={groups} must divide in_channels={shape[0]} and "

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contractive._validation import check_int
 from contractive.modules import Autoencoder, split_sigmoid_output
 from contractive.penalties import (
     CORRUPTIONS,
@@ -102,10 +103,8 @@ class Objective:
             raise ValueError(
                 f"higher_order_sigma must be positive, got {self.higher_order_sigma!r}"
             )
-        for name in ("n_corruptions", "n_probes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int("n_corruptions", self.n_corruptions)
+        check_int("n_probes", self.n_probes)
         if self.corruption is not None and self.corruption not in CORRUPTIONS:
             raise ValueError(
                 f"unknown corruption {self.corruption!r}; expected None or one of "

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from contractive._validation import check_int
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -90,11 +92,6 @@ def _images(values: Any, image_shape: Sequence[int], name: str) -> np.ndarray:
 def _check_runs(runs: Mapping[str, Any], name: str) -> None:
     if not isinstance(runs, Mapping) or len(runs) == 0:
         raise ValueError(f"{name} must be a non-empty mapping of label -> data")
-
-
-def _check_positive_int(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _grid_shape(n_panels: int, max_cols: int) -> tuple[int, int]:
@@ -215,7 +212,7 @@ def plot_filters(
     -------
     Path
     """
-    _check_positive_int(max_filters, "max_filters")
+    check_int("max_filters", max_filters)
     filters = _images(weight, image_shape, "weight")[:max_filters]
     low = filters.min(axis=(1, 2), keepdims=True)
     span = filters.max(axis=(1, 2), keepdims=True) - low
@@ -267,7 +264,7 @@ def plot_reconstructions(
     -------
     Path
     """
-    _check_positive_int(n, "n")
+    check_int("n", n)
     inputs = _images(x, image_shape, "x")
     outputs = _images(x_hat, image_shape, "x_hat")
     if inputs.shape != outputs.shape:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp
 
+from contractive._validation import check_int
 from contractive.penalties._closed_form import (
     AffineActivation,
     AffineForward,
@@ -54,8 +55,7 @@ def _check_args(x: Tensor, method: str, n_probes: int) -> None:
         )
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive integer, got {n_probes!r}")
+    check_int("n_probes", n_probes)
 
 
 def _output_size(fn: Encoder, x: Tensor) -> int:
@@ -249,14 +249,7 @@ def higher_order_penalty(
     _check_args(x, method, n_probes)
     if not sigma > 0:
         raise ValueError(f"sigma must be positive, got {sigma!r}")
-    if (
-        isinstance(n_corruptions, bool)
-        or not isinstance(n_corruptions, int)
-        or n_corruptions < 1
-    ):
-        raise ValueError(
-            f"n_corruptions must be a positive integer, got {n_corruptions!r}"
-        )
+    check_int("n_corruptions", n_corruptions)
     if method == "analytic":
         parts = as_affine_activation(encoder)
         assert parts is not None
